@@ -1,0 +1,29 @@
+# Set-up and the two everyday commands. `make demo` and `make test` create (or reuse) .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# On the development machines this pins the torch build that lets torchvision, lpips and facexlib import;
+# elsewhere pip resolves torch normally (override with `make TORCH_PINS= ...`).
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+# The CUDA toolkit root for compiling the custom ops (a wrapper `nvcc` on PATH misleads torch's own guess).
+export CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda))
+
+.PHONY: demo test venv clean
+
+$(BIN)/stylecli: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH_PINS) -e '.[test]'
+	touch $@
+
+venv: $(BIN)/stylecli
+
+demo: venv
+	$(BIN)/stylecli generate --model random:synth-64 --seeds 0-15 --grid -o out/demo
+	@echo "wrote out/demo/"
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) out

@@ -1,0 +1,53 @@
+"""The `stylecli` command: a thin Typer shell over the library.
+
+Heavy modules (torch and the networks) are imported inside the commands, so `stylecli --help` answers at once.
+Errors a user can fix end the program with a one-line message and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from .bench import bench_app
+from .commands import register_commands
+from .weights import weights_app
+
+app = typer.Typer(
+    name="stylecli",
+    help="Edit face photos through StyleGAN2 inversion.\n\n"
+         "Example: stylecli edit face.jpg --direction smile --strength 2 --method sfe",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+register_commands(app)
+app.add_typer(weights_app, name="weights")
+app.add_typer(bench_app, name="bench")
+
+err_console = Console(stderr=True)
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..imageio import ImageError
+    from ..methods.base import MethodUnavailable
+    from ..models import ModelError
+    from ..packs.convert import ConversionError
+    from ..packs.pack import PackError
+    from .common import UsageError
+    return ImageError, MethodUnavailable, ModelError, ConversionError, PackError, UsageError
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as exc:
+        if isinstance(exc, _user_errors()):
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            sys.exit(2)
+        raise

@@ -1,0 +1,126 @@
+"""Top-level commands: generate, invert, edit, blend, train."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DEFAULT_MODEL, DeviceOption, ModelOption, UsageError, console, progress_bar
+
+METHOD_HELP = "Inversion method: e4e, idinvert, fwplus, sfe or samm."
+
+
+def generate(
+    model: str = ModelOption,
+    seeds: str = typer.Option("0-7", "--seeds", "-s", help="Seeds, e.g. 0-15 or 1,5,9-12."),
+    truncation: float = typer.Option(1.0, "--truncation", "-t", help="Truncation psi (1 = none, 0.7 = typical)."),
+    noise_mode: str = typer.Option("const", "--noise-mode", help="const, random or none."),
+    out: Path = typer.Option(Path("samples"), "--out", "-o", help="Output folder (created if missing)."),
+    grid: bool = typer.Option(False, "--grid", help="Also write all images tiled into grid.png."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
+    device: str = DeviceOption,
+):
+    """Generate images from seeds.
+
+    Writes seed0000.png, seed0001.png, ... into OUT (and grid.png with --grid).
+
+    Example: stylecli generate --model synthface-64 --seeds 0-15 --truncation 0.7 -o samples/ --grid
+    """
+    from ..imageio import make_grid, save_image, tensor_to_images
+    from ..models import load_generator, resolve_device
+    from ..sampling import generate as generate_images
+    from ..sampling import parse_seeds
+
+    if noise_mode not in ("const", "random", "none"):
+        raise UsageError(f"--noise-mode must be const, random or none, not {noise_mode!r}")
+    try:
+        seed_list = parse_seeds(seeds)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    G = load_generator(model, resolve_device(device))
+    written = []
+    with progress_bar("generating", len(seed_list)) as advance:
+        for chunk, images in generate_images(G, seed_list, truncation, noise_mode, batch):
+            for seed, img in zip(chunk, tensor_to_images(images)):
+                save_image(img, out / f"seed{seed:04d}.png")
+                written.append(img)
+            advance(len(chunk))
+    if grid:
+        save_image(make_grid(written), out / "grid.png")
+    console.print(f"wrote {len(written)} images to {out}/" + (" and grid.png" if grid else ""))
+
+
+def _method_or_exit(method: str):
+    from ..methods import get_method
+    return get_method(method)
+
+
+def invert(
+    input: Path = typer.Argument(..., help="An image or a folder of images."),
+    out: Path = typer.Option(Path("inverted"), "--out", "-o", help="Output folder."),
+    method: str = typer.Option("e4e", "--method", help=METHOD_HELP),
+    model: str = ModelOption,
+    compare: bool = typer.Option(False, "--compare", help="Also write input | reconstruction side by side."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose outputs already exist."),
+    json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
+    device: str = DeviceOption,
+):
+    """Find photos in the generator's latent space; write reconstructions and latent codes.
+
+    Example: stylecli invert photos/ -o out/ --method e4e
+    """
+    _method_or_exit(method)
+
+
+def edit(
+    input: Path = typer.Argument(..., help="An image or a folder of images."),
+    direction: list[str] = typer.Option(..., "--direction", "-d", help="Edit direction name (repeatable)."),
+    strength: list[str] = typer.Option(["1"], "--strength", "-s", help="Strength per direction, or a sweep a:b:n."),
+    method: str = typer.Option("e4e", "--method", help=METHOD_HELP),
+    model: str = ModelOption,
+    out: Path = typer.Option(Path("edited"), "--out", "-o", help="Output folder."),
+    latent: Optional[Path] = typer.Option(None, "--latent", help="Edit this saved latent instead of inverting."),
+    device: str = DeviceOption,
+):
+    """Invert a photo, move its code along a semantic direction, and write the edited photo.
+
+    Example: stylecli edit face.jpg --direction smile --strength 2 --method sfe
+    """
+    _method_or_exit(method)
+
+
+def blend(
+    input: Path = typer.Argument(..., help="An image or a folder of images."),
+    method: str = typer.Option("samm", "--method", help="Method with an invertibility mask (samm)."),
+    model: str = ModelOption,
+    out: Path = typer.Option(Path("blended"), "--out", "-o", help="Output folder."),
+    device: str = DeviceOption,
+):
+    """Invert and blend out-of-domain content (accessories, background) back from the input; writes the mask too.
+
+    Example: stylecli blend face.jpg --method samm
+    """
+    _method_or_exit(method)
+
+
+def train(
+    target: str = typer.Argument(..., help="What to train: generator, domainnet, or a method name."),
+    data: str = typer.Option("synth", "--data", help="'synth' (render on the fly) or a folder of aligned faces."),
+    model: str = ModelOption,
+    run_dir: Path = typer.Option(Path("runs"), "--run-dir", help="Folder for checkpoints, samples and logs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --run-dir."),
+):
+    """Train a generator, the domain network, or a method's networks.
+
+    Example: stylecli train samm --data ffhq/ --model ffhq-1024
+    """
+    if target in ("generator", "domainnet"):
+        raise UsageError(f"training the {target} is not part of this build of stylecli yet (see the README's roadmap)")
+    _method_or_exit(target)
+
+
+def register_commands(app: typer.Typer) -> None:
+    for command in (generate, invert, edit, blend, train):
+        app.command()(command)

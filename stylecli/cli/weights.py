@@ -1,0 +1,105 @@
+"""`stylecli weights ...`: list, inspect, verify and convert model packs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from .common import UsageError, console
+
+weights_app = typer.Typer(help="Model packs: list, inspect, verify, and convert official checkpoints.",
+                          no_args_is_help=True)
+
+
+@weights_app.command("list")
+def list_command():
+    """List the model packs stylecli can find (weights/, $STYLECLI_WEIGHTS, ~/.cache/stylecli/packs).
+
+    Example: stylecli weights list
+    """
+    from ..packs import Pack, list_packs
+
+    table = Table("name", "resolution", "networks", "folder")
+    for root in list_packs():
+        pack = Pack.open(root)
+        table.add_row(pack.name, str(pack.manifest.get("resolution")), ", ".join(pack.networks), str(root))
+    if not table.rows:
+        console.print("no model packs found")
+    else:
+        console.print(table)
+
+
+@weights_app.command("info")
+def info_command(pack: str = typer.Argument(..., help="Pack name or folder."),
+                 json_output: bool = typer.Option(False, "--json", help="Print the manifest as JSON.")):
+    """Show a pack's networks, configs, files and provenance.
+
+    Example: stylecli weights info synthface-64
+    """
+    from ..packs import Pack
+
+    p = Pack.open(pack)
+    if json_output:
+        print(json.dumps(p.manifest, indent=2))
+        return
+    console.print(f"[bold]{p.name}[/bold]  {p.root}  resolution {p.manifest.get('resolution')}")
+    table = Table("network", "class", "file", "dtype", "config")
+    for name, entry in p.networks.items():
+        table.add_row(name, entry["class"].rsplit(".", 1)[-1], entry["file"], entry.get("dtype", ""),
+                      json.dumps(entry.get("config", {})))
+    console.print(table)
+    for name, prov in p.manifest.get("provenance", {}).items():
+        console.print(f"{name}: {json.dumps(prov)}")
+
+
+@weights_app.command("verify")
+def verify_command(pack: str = typer.Argument(..., help="Pack name or folder.")):
+    """Check every file of a pack against the sizes and sha256 sums in its manifest.
+
+    Example: stylecli weights verify weights/synthface-64
+    """
+    from ..packs import Pack
+
+    problems = Pack.open(pack).verify()
+    for problem in problems:
+        console.print(f"[red]{problem}[/red]")
+    if problems:
+        raise typer.Exit(1)
+    console.print("ok: every file matches its manifest")
+
+
+@weights_app.command("convert")
+def convert_command(
+    src: Path = typer.Argument(..., help="NVIDIA stylegan2-ada-pytorch/stylegan3 .pkl or rosinality .pt."),
+    dst: Path = typer.Argument(..., help="Pack folder to write (its name becomes the pack name)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store weights as float16 (half the size)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="List every mapped tensor."),
+):
+    """Convert an official StyleGAN2 checkpoint into a stylecli pack. No code from the file is ever run.
+
+    Example: stylecli weights convert stylegan2-ffhq-config-f.pkl weights/ffhq-1024
+    """
+    import torch
+
+    from ..packs import write_pack
+    from ..packs.convert import convert_checkpoint
+
+    if dst.exists() and (dst.resolve() == src.resolve() or dst.is_file()):
+        raise UsageError(f"{dst}: the destination must be a folder, not a file")
+    converted = convert_checkpoint(src)
+    networks = {"generator": converted.generator}
+    if converted.discriminator is not None:
+        networks["discriminator"] = converted.discriminator
+    for name, report in converted.reports.items():
+        console.print(f"{name}: {len(report.mapped)} tensors mapped, {len(report.ignored)} source tensors ignored, "
+                      f"{len(report.regenerated)} filter buffers regenerated")
+        if verbose:
+            for src_key, dst_key in report.mapped:
+                console.print(f"  {src_key} -> {dst_key}")
+    provenance = {"converted_from": src.name, "source_format": converted.source_format}
+    write_pack(dst, dst.name, networks, converted.generator.img_resolution, provenance,
+               dtype=torch.float16 if fp16 else torch.float32)
+    console.print(f"wrote pack {dst}")

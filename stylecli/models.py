@@ -1,0 +1,70 @@
+"""Getting a generator from what a user types: a pack name, a pack folder, an official checkpoint file, or
+`random:CONFIG` (random weights of a named configuration, for benchmarks and smoke tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .core.networks import Discriminator, Generator
+from .packs import Pack, PackError
+from .packs.convert import ConversionError, convert_checkpoint
+
+# Named network configurations. ffhq-1024 is the official StyleGAN2 config-f.
+CONFIGS: dict[str, dict] = {
+    "ffhq-1024": dict(z_dim=512, w_dim=512, img_resolution=1024, mapping_layers=8, channel_base=32768, channel_max=512),
+    "ffhq-256": dict(z_dim=512, w_dim=512, img_resolution=256, mapping_layers=8, channel_base=16384, channel_max=512),
+    "synth-64": dict(z_dim=256, w_dim=256, img_resolution=64, mapping_layers=4, channel_base=4096, channel_max=256),
+    "tiny-32": dict(z_dim=32, w_dim=32, img_resolution=32, mapping_layers=2, channel_base=256, channel_max=32),
+}
+
+
+class ModelError(Exception):
+    """The model a user named cannot be found or loaded."""
+
+
+def random_generator(config: str, seed: int = 0) -> Generator:
+    if config not in CONFIGS:
+        raise ModelError(f"unknown configuration {config!r}; choose from {', '.join(CONFIGS)}")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Generator(**CONFIGS[config]).eval().requires_grad_(False)
+
+
+def random_discriminator(config: str, seed: int = 0) -> Discriminator:
+    if config not in CONFIGS:
+        raise ModelError(f"unknown configuration {config!r}; choose from {', '.join(CONFIGS)}")
+    c = CONFIGS[config]
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return Discriminator(img_resolution=c["img_resolution"], channel_base=c["channel_base"],
+                             channel_max=c["channel_max"]).eval().requires_grad_(False)
+
+
+def load_generator(spec: str, device: str | torch.device = "cpu") -> Generator:
+    """Generator from `spec`: "random:CONFIG", a pack name or folder, or a .pkl/.pt checkpoint."""
+    if spec.startswith("random:"):
+        return random_generator(spec.split(":", 1)[1]).to(device)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        try:
+            return convert_checkpoint(path).generator.eval().requires_grad_(False).to(device)
+        except ConversionError as exc:
+            raise ModelError(str(exc)) from None
+    try:
+        return Pack.open(spec).generator(device)
+    except PackError as exc:
+        raise ModelError(str(exc)) from None
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelError("--device cuda asked for, but no CUDA device is available")
+    try:
+        return torch.device(device)
+    except RuntimeError:
+        raise ModelError(f"unknown device {device!r}") from None
