@@ -13,6 +13,7 @@ from rich.console import Console
 
 from .bench import bench_app
 from .commands import register_commands
+from .data import data_app
 from .weights import weights_app
 
 app = typer.Typer(
@@ -26,6 +27,7 @@ app = typer.Typer(
 register_commands(app)
 app.add_typer(weights_app, name="weights")
 app.add_typer(bench_app, name="bench")
+app.add_typer(data_app, name="data")
 
 err_console = Console(stderr=True)
 

@@ -109,15 +109,54 @@ def train(
     target: str = typer.Argument(..., help="What to train: generator, domainnet, or a method name."),
     data: str = typer.Option("synth", "--data", help="'synth' (render on the fly) or a folder of aligned faces."),
     model: str = ModelOption,
-    run_dir: Path = typer.Option(Path("runs"), "--run-dir", help="Folder for checkpoints, samples and logs."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint in --run-dir."),
+    run_dir: Path = typer.Option(Path("runs/train"), "--run-dir", help="Folder for checkpoints, samples and logs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint in --run-dir."),
+    kimg: float = typer.Option(1000, "--kimg", help="Training length in thousands of images."),
+    batch: int = typer.Option(16, "--batch", min=1, help="Total batch size (over all processes)."),
+    resolution: int = typer.Option(64, "--resolution", help="generator: image resolution."),
+    channel_base: int = typer.Option(2048, "--channel-base", help="generator: channels = min(base / res, max)."),
+    channel_max: int = typer.Option(128, "--channel-max", help="generator: the widest layer."),
+    z_dim: int = typer.Option(256, "--z-dim", help="generator: Z and W dimensionality."),
+    mapping_layers: int = typer.Option(4, "--mapping-layers", help="generator: depth of the mapping network."),
+    checkpoint_kimg: float = typer.Option(4, "--checkpoint-kimg", help="Checkpoint interval in kimg."),
+    sample_kimg: float = typer.Option(20, "--sample-kimg", help="Sample-grid interval in kimg."),
+    device: str = DeviceOption,
 ):
     """Train a generator, the domain network, or a method's networks.
 
-    Example: stylecli train samm --data ffhq/ --model ffhq-1024
+    Training checkpoints atomically to RUN_DIR/checkpoint.pt and resumes with --resume; run it under
+    `torchrun --nproc_per_node N -m stylecli train ...` for several processes (gloo on CPU, NCCL on GPUs).
+
+    Example: stylecli train generator --data synth --kimg 1000 --run-dir runs/synthface-64
     """
-    if target in ("generator", "domainnet"):
-        raise UsageError(f"training the {target} is not part of this build of stylecli yet (see the README's roadmap)")
+    if target == "generator":
+        from ..models import resolve_device
+        from ..train.generator import GeneratorTrainer, GeneratorTrainingConfig
+
+        if (run_dir / "checkpoint.pt").exists() and not resume:
+            raise UsageError(f"{run_dir} already holds a checkpoint: add --resume, or choose another --run-dir")
+        cfg = GeneratorTrainingConfig(run_dir=str(run_dir), data=data, resolution=resolution, z_dim=z_dim, w_dim=z_dim,
+                                      mapping_layers=mapping_layers, channel_base=channel_base, channel_max=channel_max,
+                                      batch=batch, kimg=kimg, checkpoint_kimg=checkpoint_kimg, sample_kimg=sample_kimg,
+                                      device=str(resolve_device(device)))
+        try:
+            trainer = GeneratorTrainer(cfg, resume=resume)
+        except (ValueError, FileNotFoundError) as exc:
+            raise UsageError(str(exc)) from None
+        start = trainer.nimg / 1000
+        with progress_bar(f"training generator ({run_dir})", int(kimg * 1000)) as advance:
+            advance(int(start * 1000))
+            done = [start]
+
+            def report(kimg_now, record):
+                advance(int((kimg_now - done[0]) * 1000))
+                done[0] = kimg_now
+
+            trainer.run(on_progress=report if trainer.ctx.is_main else None)
+        console.print(f"done: {trainer.nimg / 1000:.1f} kimg; checkpoint and samples in {run_dir}/")
+        return
+    if target == "domainnet":
+        raise UsageError("training the domain network is not part of this build of stylecli yet (see the README)")
     _method_or_exit(target)
 
 

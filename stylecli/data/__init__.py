@@ -1,0 +1,1 @@
+"""The synthetic face domain (renderer, evaluation sets) and training-data loading."""
