@@ -104,3 +104,30 @@ def _average_worker(rank, store, out):
     average_gradients(layer, DistContext(rank, 2))
     torch.save(layer.weight.grad[0], Path(out) / f"grad{rank}.pt")
     dist.destroy_process_group()
+
+
+def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_reads(tmp_path):
+    from stylecli.train.domainnet import DomainNetTrainer, DomainNetTrainingConfig
+    dn_cfg = lambda steps: DomainNetTrainingConfig(run_dir=str(tmp_path / "dn"), resolution=32, identities=4,
+                                                   steps=steps, checkpoint_every=2, log_every=1)
+    first = DomainNetTrainer(dn_cfg(2))
+    first.run()
+    resumed = DomainNetTrainer(dn_cfg(3), resume=True)
+    assert resumed.step == 2
+    resumed.run()
+    records = [json.loads(l) for l in (tmp_path / "dn" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3] and all(r["identity"] > 0 for r in records)
+    GeneratorTrainer(tiny(tmp_path / "g", resolution=32, kimg=0.004)).run()
+    pack = tmp_path / "packs" / "minipack"
+    out = subprocess.run([sys.executable, "-m", "stylecli", "weights", "from-runs", str(pack), "--generator-run",
+                          str(tmp_path / "g"), "--domainnet-run", str(tmp_path / "dn")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((pack / "manifest.json").read_text())
+    assert set(manifest["networks"]) == {"generator", "discriminator", "domainnet"}
+    assert manifest["provenance"]["generator"]["kimg"] == 0.004
+    assert manifest["provenance"]["domainnet"]["steps"] == 3
+    bench = subprocess.run([sys.executable, "-m", "stylecli", "bench", "generator", "--model", str(pack), "--quality",
+                            "--count", "20", "--json"], capture_output=True, text=True)
+    assert bench.returncode == 0, bench.stderr
+    result = json.loads(bench.stdout[bench.stdout.index("{"):])
+    assert result["fid"] > 0 and 0 <= result["precision"] <= 1 and set(result["attributes"]) >= {"smile", "glasses"}

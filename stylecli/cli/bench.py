@@ -22,12 +22,21 @@ def generator_command(
     dtype: list[str] = typer.Option(["fp32"], "--dtype", help="fp32 or fp16 (CUDA only; repeatable)."),
     repeats: int = typer.Option(5, "--repeats", min=1, help="Timed repetitions after one warm-up."),
     json_output: bool = typer.Option(False, "--json", help="Print the rows as JSON too."),
+    quality: bool = typer.Option(False, "--quality", help="Instead: FID, precision/recall and attribute match "
+                                 "against rendered faces, with the pack's domain network."),
+    count: int = typer.Option(5000, "--count", min=10, help="--quality: images per side."),
 ):
-    """Generator forward speed (median seconds per image after warm-up) and peak memory.
+    """Generator forward speed (median seconds per image after warm-up) and peak memory; or, with --quality,
+    sample quality measured by the pack's domain network.
 
     Example: stylecli bench generator --config ffhq-1024 --device cpu --batch 1
+    Example: stylecli bench generator --model synthface-64 --quality
     """
     import torch
+
+    if quality:
+        _quality_table(model, count, json_output)
+        return
 
     from ..bench.generator import bench_generator
     from ..models import load_generator, random_generator, resolve_device
@@ -80,3 +89,24 @@ def ops_command(device: str = DeviceOption, repeats: int = typer.Option(10, "--r
 
 def _gb(n):
     return "-" if n is None else f"{n / 2**30:.2f} GB"
+
+
+def _quality_table(model: Optional[str], count: int, json_output: bool) -> None:
+    from ..bench.quality import generator_quality
+    from ..packs import Pack
+
+    if not model:
+        raise UsageError("--quality needs --model PACK (a pack with a generator and a domainnet)")
+    pack = Pack.open(model)
+    if not pack.has("domainnet"):
+        raise UsageError(f"pack {pack.name!r} has no domain network to measure with")
+    result = generator_quality(pack.generator(), pack.load("domainnet"), count=count)
+    table = Table("metric", "value", "target", title=f"{pack.name}: {count} generated vs {count} rendered images")
+    table.add_row("domain FID", f"{result['fid']:.3f}", "lower is better")
+    table.add_row("precision (k=3)", f"{result['precision']:.3f}", ">= 0.70")
+    table.add_row("recall (k=3)", f"{result['recall']:.3f}", ">= 0.50")
+    for name, a in result["attributes"].items():
+        table.add_row(f"{name}: mean shift", f"{a['shift_in_std']:.3f} std", "<= 0.20")
+    console.print(table)
+    if json_output:
+        print(json.dumps(result, indent=2))

@@ -120,6 +120,7 @@ def train(
     mapping_layers: int = typer.Option(4, "--mapping-layers", help="generator: depth of the mapping network."),
     checkpoint_kimg: float = typer.Option(4, "--checkpoint-kimg", help="Checkpoint interval in kimg."),
     sample_kimg: float = typer.Option(20, "--sample-kimg", help="Sample-grid interval in kimg."),
+    steps: int = typer.Option(1500, "--steps", min=1, help="domainnet: optimisation steps."),
     device: str = DeviceOption,
 ):
     """Train a generator, the domain network, or a method's networks.
@@ -156,7 +157,25 @@ def train(
         console.print(f"done: {trainer.nimg / 1000:.1f} kimg; checkpoint and samples in {run_dir}/")
         return
     if target == "domainnet":
-        raise UsageError("training the domain network is not part of this build of stylecli yet (see the README)")
+        from ..train.domainnet import DomainNetTrainer, DomainNetTrainingConfig
+
+        if data != "synth":
+            raise UsageError("the domain network trains on rendered faces only (--data synth)")
+        if (run_dir / "checkpoint.pt").exists() and not resume:
+            raise UsageError(f"{run_dir} already holds a checkpoint: add --resume, or choose another --run-dir")
+        trainer = DomainNetTrainer(DomainNetTrainingConfig(run_dir=str(run_dir), resolution=resolution, steps=steps,
+                                                           checkpoint_every=max(1, min(200, steps))), resume=resume)
+        with progress_bar(f"training domain network ({run_dir})", steps) as advance:
+            advance(trainer.step)
+            done = [trainer.step]
+
+            def report(step, record):
+                advance(step - done[0])
+                done[0] = step
+
+            trainer.run(on_progress=report)
+        console.print(f"done: {trainer.step} steps; checkpoint in {run_dir}/")
+        return
     _method_or_exit(target)
 
 

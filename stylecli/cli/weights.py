@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
@@ -103,3 +104,35 @@ def convert_command(
     write_pack(dst, dst.name, networks, converted.generator.img_resolution, provenance,
                dtype=torch.float16 if fp16 else torch.float32)
     console.print(f"wrote pack {dst}")
+
+
+@weights_app.command("from-runs")
+def from_runs_command(
+    dst: Path = typer.Argument(..., help="Pack folder to write or update."),
+    generator_run: Optional[Path] = typer.Option(None, "--generator-run", help="Run folder of `train generator`."),
+    domainnet_run: Optional[Path] = typer.Option(None, "--domainnet-run", help="Run folder of `train domainnet`."),
+    name: Optional[str] = typer.Option(None, "--name", help="Pack name (default: the folder name)."),
+    fp16: bool = typer.Option(True, "--fp16/--fp32", help="Store weights as float16."),
+):
+    """Add the networks of finished training runs to a pack, each with its training record.
+
+    Example: stylecli weights from-runs weights/synthface-64 --generator-run runs/g --domainnet-run runs/dn
+    """
+    import torch
+
+    from ..packs import write_pack
+    from ..train.export import domainnet_from_run, generator_from_run
+
+    if generator_run is None and domainnet_run is None:
+        raise UsageError("name at least one of --generator-run and --domainnet-run")
+    dtype = torch.float16 if fp16 else torch.float32
+    for run, export in ((generator_run, generator_from_run), (domainnet_run, domainnet_from_run)):
+        if run is None:
+            continue
+        try:
+            networks, record = export(run)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        resolution = next(iter(networks.values())).config.get("img_resolution", 64)
+        write_pack(dst, name or dst.name, networks, resolution, record, dtype=dtype)
+        console.print(f"{dst}: wrote {', '.join(networks)} from {run}")

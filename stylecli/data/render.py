@@ -107,6 +107,14 @@ def sample_params(rng: np.random.Generator, detail: float = 1.0) -> FaceParams:
     )
 
 
+def resample_appearance(p: FaceParams, rng: np.random.Generator) -> FaceParams:
+    """The same person (identity and fine detail kept) with new editable attributes, background and light."""
+    other = sample_params(rng)
+    keep = ("skin", "face_width", "jaw", "eye_spacing", "eye_size", "iris", "nose_length", "nose_width", "hair_style",
+            "freckles", "moles", "texture_seed", "texture")
+    return FaceParams(**{**other.to_dict(), **{k: getattr(p, k) for k in keep}})
+
+
 def _gradient(size: int, angle: float) -> np.ndarray:
     """[size, size] values in [0, 1] along direction `angle`."""
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1) - 0.5

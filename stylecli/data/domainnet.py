@@ -1,0 +1,97 @@
+"""The domain network of the synthetic face domain: what LPIPS, ArcFace and an attribute classifier are for real
+faces, trained here on rendered images whose every parameter is known.
+
+One small CNN (any input size; 64x64 in the pack) provides
+- `features(x)`: the feature map after each stage, for a perceptual distance (`perceptual_distance`);
+- `embed(x)`: a unit-norm identity embedding, trained contrastively so that the same person under other attributes,
+  pose, background and light stays close (cosine similarity is the ID similarity);
+- `predict(x)`: every render parameter (continuous ones in their own units, glasses as a probability, hair style as
+  class probabilities), to label generated samples, fit directions and score edits;
+- `pooled(x)`: the penultimate features for domain FID and precision/recall.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .render import ATTRIBUTES, HAIR_STYLES
+
+CONTINUOUS = ("smile", "yaw", "age", "beard", "eyebrows", "hair_hue",
+              "skin", "face_width", "jaw", "eye_spacing", "eye_size", "iris", "nose_length", "nose_width")
+BINARY = ("glasses",)
+CATEGORICAL = {"hair_style": HAIR_STYLES}
+IDENTITY = ("skin", "face_width", "jaw", "eye_spacing", "eye_size", "iris", "nose_length", "nose_width", "hair_style")
+assert set(ATTRIBUTES) <= set(CONTINUOUS) | set(BINARY)
+
+
+def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class DomainNet(nn.Module):
+    def __init__(self,
+                 widths: tuple = (32, 64, 128, 256),  # channels of the four stages; each halves the resolution
+                 embed_dim: int = 128):               # identity embedding size
+        super().__init__()
+        self.config = dict(widths=list(widths), embed_dim=embed_dim)
+        stages, cin = [], 3
+        for i, w in enumerate(widths):
+            stages.append(_block(cin, w, 2))
+            cin = w
+        self.stages = nn.ModuleList(stages)
+        self.feature_dim = cin
+        self.regress = nn.Linear(cin, len(CONTINUOUS))
+        self.glasses = nn.Linear(cin, len(BINARY))
+        self.hair_style = nn.Linear(cin, len(HAIR_STYLES))
+        self.embedding = nn.Sequential(nn.Linear(cin, cin), nn.ReLU(inplace=True), nn.Linear(cin, embed_dim))
+        # Input normalisation: images arrive in [-1, 1].
+        self.register_buffer("input_scale", torch.tensor(2.0))
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """x [N, 3, H, W] in [-1, 1] -> the output of each stage."""
+        assert x.ndim == 4 and x.shape[1] == 3, f"expected [N, 3, H, W], got {tuple(x.shape)}"
+        x = x * self.input_scale
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)[-1].mean(dim=[2, 3])
+
+    def heads(self, pooled: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"continuous": self.regress(pooled), "glasses_logit": self.glasses(pooled)[:, 0],
+                "hair_style_logits": self.hair_style(pooled), "embedding": F.normalize(self.embedding(pooled), dim=1)}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.heads(self.pooled(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)["embedding"]
+
+    def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every render parameter: continuous ones by name, 'glasses' as a probability, 'hair_style' as [N, 5]."""
+        out = self.forward(x)
+        result = {name: out["continuous"][:, i] for i, name in enumerate(CONTINUOUS)}
+        result["glasses"] = torch.sigmoid(out["glasses_logit"])
+        result["hair_style"] = out["hair_style_logits"].softmax(dim=1)
+        return result
+
+
+def perceptual_distance(net: DomainNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """LPIPS-style distance [N]: per stage, unit-normalise channels, squared difference, spatial and channel mean."""
+    total = 0
+    for fx, fy in zip(net.features(x), net.features(y)):
+        fx = fx / (fx.norm(dim=1, keepdim=True) + 1e-10)
+        fy = fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
+        total = total + (fx - fy).square().sum(dim=1).mean(dim=[1, 2])
+    return total / len(net.stages)
+
+
+def id_similarity(net: DomainNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cosine similarity [N] of the identity embeddings."""
+    return (net.embed(x) * net.embed(y)).sum(dim=1)

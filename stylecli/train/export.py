@@ -1,0 +1,48 @@
+"""Turn finished training runs into pack networks, with a provenance record each."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+import torch
+
+from ..core.networks import Discriminator, Generator
+from ..data.domainnet import DomainNet
+from .checkpoint import MetricsLog, load_checkpoint
+
+
+def _hardware() -> str:
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {gpu}"
+
+
+def generator_from_run(run_dir: Path) -> tuple[dict, dict]:
+    """{"generator": G_ema, "discriminator": D} and their record (config, kimg, wall time, last metrics)."""
+    state = load_checkpoint(run_dir)
+    if state is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt")
+    cfg = state["config"]
+    G = Generator(z_dim=cfg["z_dim"], w_dim=cfg["w_dim"], img_resolution=cfg["resolution"],
+                  mapping_layers=cfg["mapping_layers"], channel_base=cfg["channel_base"], channel_max=cfg["channel_max"])
+    D = Discriminator(img_resolution=cfg["resolution"], channel_base=cfg["channel_base"], channel_max=cfg["channel_max"])
+    G.load_state_dict(state["G_ema"])
+    D.load_state_dict(state["D"])
+    metrics = MetricsLog(run_dir / "metrics.jsonl").read()
+    record = {"trained_by": "stylecli train generator", "config": cfg, "kimg": state["nimg"] / 1000,
+              "steps": state["step"], "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": _hardware(),
+              "last_metrics": metrics[-1] if metrics else None}
+    return {"generator": G, "discriminator": D}, record
+
+
+def domainnet_from_run(run_dir: Path) -> tuple[dict, dict]:
+    state = load_checkpoint(run_dir)
+    if state is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt")
+    net = DomainNet()
+    net.load_state_dict(state["net"])
+    metrics = MetricsLog(run_dir / "metrics.jsonl").read()
+    record = {"trained_by": "stylecli train domainnet", "config": state["config"], "steps": state["step"],
+              "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": _hardware(),
+              "last_metrics": metrics[-1] if metrics else None}
+    return {"domainnet": net}, record
