@@ -14,6 +14,7 @@ from rich.console import Console
 from .bench import bench_app
 from .commands import register_commands
 from .data import data_app
+from .directions import directions_app
 from .weights import weights_app
 
 app = typer.Typer(
@@ -28,18 +29,21 @@ register_commands(app)
 app.add_typer(weights_app, name="weights")
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
+app.add_typer(directions_app, name="directions")
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, emoji=False)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from ..directions import DirectionError
     from ..imageio import ImageError
+    from ..latents import LatentError
     from ..methods.base import MethodUnavailable
     from ..models import ModelError
     from ..packs.convert import ConversionError
     from ..packs.pack import PackError
     from .common import UsageError
-    return ImageError, MethodUnavailable, ModelError, ConversionError, PackError, UsageError
+    return ImageError, MethodUnavailable, ModelError, ConversionError, PackError, UsageError, DirectionError, LatentError
 
 
 def main() -> None:

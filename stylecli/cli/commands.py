@@ -57,40 +57,6 @@ def _method_or_exit(method: str):
     return get_method(method)
 
 
-def invert(
-    input: Path = typer.Argument(..., help="An image or a folder of images."),
-    out: Path = typer.Option(Path("inverted"), "--out", "-o", help="Output folder."),
-    method: str = typer.Option("e4e", "--method", help=METHOD_HELP),
-    model: str = ModelOption,
-    compare: bool = typer.Option(False, "--compare", help="Also write input | reconstruction side by side."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose outputs already exist."),
-    json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
-    device: str = DeviceOption,
-):
-    """Find photos in the generator's latent space; write reconstructions and latent codes.
-
-    Example: stylecli invert photos/ -o out/ --method e4e
-    """
-    _method_or_exit(method)
-
-
-def edit(
-    input: Path = typer.Argument(..., help="An image or a folder of images."),
-    direction: list[str] = typer.Option(..., "--direction", "-d", help="Edit direction name (repeatable)."),
-    strength: list[str] = typer.Option(["1"], "--strength", "-s", help="Strength per direction, or a sweep a:b:n."),
-    method: str = typer.Option("e4e", "--method", help=METHOD_HELP),
-    model: str = ModelOption,
-    out: Path = typer.Option(Path("edited"), "--out", "-o", help="Output folder."),
-    latent: Optional[Path] = typer.Option(None, "--latent", help="Edit this saved latent instead of inverting."),
-    device: str = DeviceOption,
-):
-    """Invert a photo, move its code along a semantic direction, and write the edited photo.
-
-    Example: stylecli edit face.jpg --direction smile --strength 2 --method sfe
-    """
-    _method_or_exit(method)
-
-
 def blend(
     input: Path = typer.Argument(..., help="An image or a folder of images."),
     method: str = typer.Option("samm", "--method", help="Method with an invertibility mask (samm)."),
@@ -120,7 +86,7 @@ def train(
     mapping_layers: int = typer.Option(4, "--mapping-layers", help="generator: depth of the mapping network."),
     checkpoint_kimg: float = typer.Option(4, "--checkpoint-kimg", help="Checkpoint interval in kimg."),
     sample_kimg: float = typer.Option(20, "--sample-kimg", help="Sample-grid interval in kimg."),
-    steps: int = typer.Option(1500, "--steps", min=1, help="domainnet: optimisation steps."),
+    steps: int = typer.Option(1500, "--steps", min=1, help="domainnet, methods: optimisation steps."),
     device: str = DeviceOption,
 ):
     """Train a generator, the domain network, or a method's networks.
@@ -130,8 +96,9 @@ def train(
 
     Example: stylecli train generator --data synth --kimg 1000 --run-dir runs/synthface-64
     """
+    from ..models import resolve_device
+
     if target == "generator":
-        from ..models import resolve_device
         from ..train.generator import GeneratorTrainer, GeneratorTrainingConfig
 
         if (run_dir / "checkpoint.pt").exists() and not resume:
@@ -176,9 +143,34 @@ def train(
             trainer.run(on_progress=report)
         console.print(f"done: {trainer.step} steps; checkpoint in {run_dir}/")
         return
+    if target == "e4e":
+        from ..methods.e4e.train import E4ETrainer, E4ETrainingConfig
+
+        if (run_dir / "checkpoint.pt").exists() and not resume:
+            raise UsageError(f"{run_dir} already holds a checkpoint: add --resume, or choose another --run-dir")
+        cfg = E4ETrainingConfig(run_dir=str(run_dir), model=model, data=data, batch=batch, steps=steps,
+                                progressive_start=int(steps * 0.07), progressive_step=max(1, int(steps * 0.007)),
+                                checkpoint_every=max(1, min(250, steps)), device=str(resolve_device(device)))
+        try:
+            trainer = E4ETrainer(cfg, resume=resume)
+        except FileNotFoundError as exc:
+            raise UsageError(str(exc)) from None
+        with progress_bar(f"training e4e ({run_dir})", steps) as advance:
+            advance(trainer.step)
+            done = [trainer.step]
+
+            def report_e4e(step, record):
+                advance(step - done[0])
+                done[0] = step
+
+            trainer.run(on_progress=report_e4e)
+        console.print(f"done: {trainer.step} steps; checkpoint in {run_dir}/ (add it to the pack with "
+                      f"`stylecli weights from-runs`)")
+        return
     _method_or_exit(target)
 
 
 def register_commands(app: typer.Typer) -> None:
+    from .editing import edit, invert
     for command in (generate, invert, edit, blend, train):
         app.command()(command)

@@ -111,6 +111,7 @@ def from_runs_command(
     dst: Path = typer.Argument(..., help="Pack folder to write or update."),
     generator_run: Optional[Path] = typer.Option(None, "--generator-run", help="Run folder of `train generator`."),
     domainnet_run: Optional[Path] = typer.Option(None, "--domainnet-run", help="Run folder of `train domainnet`."),
+    e4e_run: Optional[Path] = typer.Option(None, "--e4e-run", help="Run folder of `train e4e`."),
     name: Optional[str] = typer.Option(None, "--name", help="Pack name (default: the folder name)."),
     fp16: bool = typer.Option(True, "--fp16/--fp32", help="Store weights as float16."),
 ):
@@ -123,16 +124,21 @@ def from_runs_command(
     from ..packs import write_pack
     from ..train.export import domainnet_from_run, generator_from_run
 
-    if generator_run is None and domainnet_run is None:
-        raise UsageError("name at least one of --generator-run and --domainnet-run")
+    from ..methods.e4e.train import encoder_from_run
+
+    runs = ((generator_run, generator_from_run), (domainnet_run, domainnet_from_run), (e4e_run, encoder_from_run))
+    if all(run is None for run, _ in runs):
+        raise UsageError("name at least one run: --generator-run, --domainnet-run or --e4e-run")
     dtype = torch.float16 if fp16 else torch.float32
-    for run, export in ((generator_run, generator_from_run), (domainnet_run, domainnet_from_run)):
+    for run, export in runs:
         if run is None:
             continue
         try:
             networks, record = export(run)
         except FileNotFoundError as exc:
             raise UsageError(str(exc)) from None
-        resolution = next(iter(networks.values())).config.get("img_resolution", 64)
+        resolution = next(iter(networks.values())).config.get("img_resolution")
+        if resolution is None:  # networks of methods take the resolution the pack already has
+            resolution = json.loads((dst / "manifest.json").read_text())["resolution"] if (dst / "manifest.json").is_file() else 64
         write_pack(dst, name or dst.name, networks, resolution, record, dtype=dtype)
         console.print(f"{dst}: wrote {', '.join(networks)} from {run}")

@@ -1,0 +1,96 @@
+"""`stylecli directions ...`: list, fit, pca, import."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from .common import ModelOption, UsageError, console
+
+directions_app = typer.Typer(help="Edit directions of a pack: list, fit, PCA, import.", no_args_is_help=True)
+
+
+def _pack(model):
+    from ..packs import Pack
+    return Pack.open(model)
+
+
+@directions_app.command("list")
+def list_command(model: str = ModelOption):
+    """List a pack's edit directions.
+
+    Example: stylecli directions list --model synthface-64
+    """
+    from ..directions import load_directions
+
+    pack = _pack(model)
+    table = Table("name", "kind", "layers", "details", title=f"directions of {pack.name}")
+    for name, d in sorted(load_directions(pack).items()):
+        details = {k: v for k, v in d.info.items() if k in ("attribute", "correlation", "component", "source", "condition")}
+        table.add_row(name, d.kind, "-".join(str(v) for v in d.info.get("layers", [])), str(details))
+    console.print(table if table.rows else f"pack {pack.name!r} has no directions yet (see `stylecli directions fit`)")
+
+
+@directions_app.command("fit")
+def fit_command(
+    attribute: list[str] = typer.Argument(..., help="Attributes to fit (smile, yaw, age, glasses, beard, ...)."),
+    model: str = ModelOption,
+    samples: int = typer.Option(5000, "--samples", min=50, help="Generated samples to fit on."),
+    layers: Optional[str] = typer.Option(None, "--layers", help="Restrict to W+ rows START-END (inclusive)."),
+    condition: list[str] = typer.Option([], "--condition", help="Keep these attributes unchanged (repeatable)."),
+    seed: int = typer.Option(0, "--seed"),
+):
+    """Fit InterFaceGAN-style directions on generated samples labelled by the pack's attribute predictor.
+
+    Example: stylecli directions fit smile age --model synthface-64 --condition yaw
+    """
+    from ..directions import fit_direction, get_direction, parse_layers, sample_labelled, save_directions
+    from ..losses import LossNetworks
+
+    pack = _pack(model)
+    nets = LossNetworks.from_pack(pack)
+    if nets.attributes is None:
+        raise UsageError(f"pack {pack.name!r} has no attribute predictor to label samples with")
+    G = pack.generator()
+    cond = [get_direction(pack, c) for c in condition]
+    data = sample_labelled(G, nets.attributes, samples, seed)
+    fitted = [fit_direction(G, nets.attributes, a, layers=parse_layers(layers), condition=cond, samples=data) for a in attribute]
+    save_directions(pack, fitted)
+    for d in fitted:
+        console.print(f"{d.name}: correlation of the projection with {d.info['attribute']} {d.info['correlation']:+.3f}, "
+                      f"scale {d.info['scale']:.3f}")
+
+
+@directions_app.command("pca")
+def pca_command(model: str = ModelOption, components: int = typer.Option(10, "--components", min=1),
+                samples: int = typer.Option(20000, "--samples", min=100),
+                layers: Optional[str] = typer.Option(None, "--layers", help="W+ rows START-END (inclusive).")):
+    """GANSpace: principal components of W as directions pca0, pca1, ...
+
+    Example: stylecli directions pca --model synthface-64 --components 10 --layers 0-4
+    """
+    from ..directions import parse_layers, pca_directions, save_directions
+
+    pack = _pack(model)
+    found = pca_directions(pack.generator(), samples, components, layers=parse_layers(layers))
+    save_directions(pack, found)
+    console.print(f"added {len(found)} PCA directions to {pack.name}")
+
+
+@directions_app.command("import")
+def import_command(path: Path = typer.Argument(..., help="InterFaceGAN .npy, GANSpace .pt or IDInvert .npy."),
+                   model: str = ModelOption, name: Optional[str] = typer.Option(None, "--name")):
+    """Import official direction files (InterFaceGAN, GANSpace, IDInvert layouts).
+
+    Example: stylecli directions import smile_boundary.npy --model ffhq-1024 --name smile
+    """
+    from ..directions import import_directions, save_directions
+
+    pack = _pack(model)
+    G = pack.generator()
+    found = import_directions(path, G.num_ws, G.w_dim, name)
+    save_directions(pack, found)
+    console.print(f"imported {', '.join(d.name for d in found)} into {pack.name}")

@@ -1,0 +1,123 @@
+"""`stylecli invert` and `stylecli edit`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .common import DeviceOption, ModelOption, UsageError, console, progress_bar
+
+METHOD_HELP = "Inversion method: e4e, idinvert, fwplus, sfe or samm."
+
+
+def _open_method(method: str, model: str, device: str):
+    from ..methods import get_method
+    from ..models import resolve_device
+    from ..packs import Pack, PackError
+
+    module = get_method(method)
+    pack = Pack.open(model)
+    try:
+        return module.load(pack, resolve_device(device)), pack
+    except PackError as exc:
+        raise UsageError(f"{exc} (train it with `stylecli train {method} --model {pack.name}`)") from None
+
+
+def _finish(results, json_output: bool, what: str) -> None:
+    done = sum(r.status == "done" for r in results)
+    skipped = sum(r.status == "skipped" for r in results)
+    failed = [r for r in results if r.status == "failed"]
+    if json_output:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    for r in failed:  # one plain line each: long paths stay whole and copyable
+        console.print(f"failed: {r.error}" if r.source in (r.error or "") else f"failed: {r.source}: {r.error}",
+                      soft_wrap=True, highlight=False)
+    console.print(f"{what}: {done} done, {skipped} skipped (outputs exist; --overwrite redoes them), {len(failed)} failed")
+    if failed:
+        raise typer.Exit(1)
+
+
+def invert(
+    input: Path = typer.Argument(..., help="An image or a folder of images."),
+    out: Path = typer.Option(Path("inverted"), "--out", "-o", help="Output folder."),
+    method: str = typer.Option("e4e", "--method", help=METHOD_HELP),
+    model: str = ModelOption,
+    compare: bool = typer.Option(False, "--compare", help="Also write input | reconstruction side by side."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose outputs already exist."),
+    json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
+    device: str = DeviceOption,
+):
+    """Find photos in the generator's latent space; write reconstructions and latent codes.
+
+    For each input NAME.png writes OUT/NAME.png (reconstruction) and OUT/NAME.latent.safetensors (the codes, with
+    the pack and method recorded); --compare adds OUT/NAME_compare.png. A failing file does not stop the batch;
+    the exit code is 1 when any failed.
+
+    Example: stylecli invert photos/ -o out/ --method e4e
+    """
+    from ..imageio import list_images
+    from ..pipeline import invert_files
+
+    files = list_images(input)
+    if not files:
+        raise UsageError(f"{input}: no images found")
+    runner, pack = _open_method(method, model, device)
+    with progress_bar(f"inverting with {method}", len(files)) as advance:
+        results = invert_files(runner, pack.name, files, out, compare=compare, overwrite=overwrite, batch=batch,
+                               on_file=lambda r: advance())
+    _finish(results, json_output, "inverted")
+
+
+def edit(
+    input: Path = typer.Argument(..., help="An image, a folder of images, or (with --latent) latent files."),
+    direction: list[str] = typer.Option(..., "--direction", "-d", help="Direction name (repeatable)."),
+    strength: list[str] = typer.Option(["1"], "--strength", "-s",
+                                       help="Strength per direction, or a sweep START:END:COUNT (one direction)."),
+    method: str = typer.Option("e4e", "--method", help=METHOD_HELP),
+    model: str = ModelOption,
+    out: Path = typer.Option(Path("edited"), "--out", "-o", help="Output folder."),
+    latent: bool = typer.Option(False, "--latent", help="INPUT holds saved .latent.safetensors files: no re-inversion."),
+    json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
+    device: str = DeviceOption,
+):
+    """Invert a photo, move its code along semantic directions, and write the edited photo.
+
+    Several --direction/--strength pairs apply together. A sweep (--strength -3:3:7) writes a grid and an animated
+    GIF. `stylecli directions list` shows the pack's directions.
+
+    Example: stylecli edit face.jpg --direction smile --strength 2 --method sfe
+    """
+    from ..directions import DirectionError, get_direction
+    from ..imageio import list_images
+    from ..latents import SUFFIX
+    from ..pipeline import edit_files, parse_strengths
+
+    if len(strength) == 1 and len(direction) > 1:
+        strength = strength * len(direction)
+    if len(strength) != len(direction):
+        raise UsageError(f"{len(direction)} directions but {len(strength)} strengths: give one strength per direction")
+    try:
+        strengths = [parse_strengths(s) for s in strength]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if len(direction) > 1 and any(len(s) > 1 for s in strengths):
+        raise UsageError("a strength sweep works with a single --direction")
+    if latent:
+        path = Path(input)
+        sources = sorted(path.glob(f"*{SUFFIX}")) if path.is_dir() else [path]
+    else:
+        sources = list_images(input)
+    if not sources:
+        raise UsageError(f"{input}: nothing to edit")
+    runner, pack = _open_method(method, model, device)
+    try:
+        edits = [(name, get_direction(pack, name).vector, s) for name, s in zip(direction, strengths)]
+    except DirectionError as exc:
+        raise UsageError(str(exc)) from None
+    with progress_bar(f"editing with {method}", len(sources)) as advance:
+        results = edit_files(runner, pack.name, sources, edits, out, from_latents=latent, on_file=lambda r: advance())
+    _finish(results, json_output, "edited")

@@ -1,0 +1,258 @@
+"""Edit directions in W+: fitted, PCA, or imported; stored in a pack as directions.safetensors.
+
+Every direction is a [num_ws, w_dim] tensor added `strength` times to a code. Fitted directions are scaled so that
+strength 1 moves a code by one standard deviation of the W distribution along the direction's normal, which makes
+strengths comparable across attributes and packs.
+
+- fit (InterFaceGAN): sample W, generate, label with the pack's attribute predictor, then a linear model in W: ridge
+  regression for continuous attributes, logistic regression for binary ones; the unit normal, optionally made
+  orthogonal to other directions (conditional editing), optionally restricted to a range of layers.
+- pca (GANSpace): principal components of W samples; component k becomes a direction of one std along it.
+- import: InterFaceGAN boundaries (.npy, (1, w_dim) or (1, num_ws, w_dim)), GANSpace (.pt dict with mean, comp, std),
+  IDInvert boundaries (.npy holding {'boundary': (1, num_ws, w_dim), 'meta_data': {'manipulate_layers': [...]}},
+  read without unpickling code).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .packs.pack import MANIFEST, Pack, PackError, sha256_of
+
+FILE = "directions.safetensors"
+
+
+class DirectionError(Exception):
+    """A direction is unknown, or a direction file cannot be read."""
+
+
+@dataclass
+class Direction:
+    name: str
+    vector: torch.Tensor                  # [num_ws, w_dim]
+    kind: str                             # interfacegan | ganspace | import
+    info: dict = field(default_factory=dict)
+
+
+# --- storage in a pack ---------------------------------------------------------------------------------------------
+
+def load_directions(pack: Pack) -> dict[str, Direction]:
+    path = pack.root / FILE
+    if not path.is_file():
+        return {}
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads((fh.metadata() or {}).get("directions", "{}"))
+        return {name: Direction(name, fh.get_tensor(name), meta.get(name, {}).get("kind", "import"),
+                                meta.get(name, {}).get("info", {})) for name in fh.keys()}
+
+
+def get_direction(pack: Pack, name: str) -> Direction:
+    directions = load_directions(pack)
+    if name not in directions:
+        known = ", ".join(sorted(directions)) or "none"
+        raise DirectionError(f"pack {pack.name!r} has no direction {name!r}; it has: {known}")
+    return directions[name]
+
+
+def save_directions(pack: Pack, new: list[Direction]) -> None:
+    """Add or replace directions in the pack (atomic file write, manifest updated with the file's hash)."""
+    directions = load_directions(pack)
+    for d in new:
+        directions[d.name] = d
+    tensors = {name: d.vector.detach().float().cpu().contiguous() for name, d in directions.items()}
+    meta = {name: {"kind": d.kind, "info": d.info} for name, d in directions.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{FILE}.", dir=pack.root)
+    os.close(fd)
+    save_file(tensors, tmp, metadata={"directions": json.dumps(meta)})
+    os.replace(tmp, pack.root / FILE)
+    manifest = json.loads((pack.root / MANIFEST).read_text())
+    manifest.setdefault("files", {})[FILE] = {"sha256": sha256_of(pack.root / FILE), "bytes": (pack.root / FILE).stat().st_size}
+    manifest["directions"] = {name: {"kind": d.kind, **{k: v for k, v in d.info.items() if k in ("attribute", "layers")}}
+                              for name, d in sorted(directions.items())}
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=pack.root)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, pack.root / MANIFEST)
+    pack.manifest = manifest
+
+
+# --- fitting -------------------------------------------------------------------------------------------------------
+
+def _layer_mask(num_ws: int, layers: tuple[int, int] | None) -> torch.Tensor:
+    mask = torch.zeros(num_ws, 1)
+    start, end = layers if layers else (0, num_ws)
+    if not 0 <= start < end <= num_ws:
+        raise DirectionError(f"layers {start}-{end} are outside 0-{num_ws}")
+    mask[start:end] = 1
+    return mask
+
+
+@torch.no_grad()
+def sample_labelled(G, predictor, count: int, seed: int = 0, batch: int = 100) -> tuple[torch.Tensor, dict]:
+    """W samples [count, w_dim] and the predictor's labels of their images."""
+    gen = torch.Generator().manual_seed(seed)
+    ws, labels = [], {}
+    for start in range(0, count, batch):
+        z = torch.randn(min(batch, count - start), G.z_dim, generator=gen)
+        w = G.mapping(z)
+        images = G.synthesis(w, noise_mode="const")
+        ws.append(w[:, 0])
+        for name, value in predictor.predict(images).items():
+            labels.setdefault(name, []).append(value)
+    return torch.cat(ws), {k: torch.cat(v) for k, v in labels.items()}
+
+
+def fit_normal(w: torch.Tensor, y: torch.Tensor, binary: bool, ridge: float = 1e-2) -> torch.Tensor:
+    """Unit normal [w_dim] of a linear model of y on w: ridge regression, or logistic regression when binary."""
+    w = w.double()
+    mu, sd = w.mean(0), w.std(0) + 1e-8
+    x = (w - mu) / sd
+    if binary:
+        target = (y > 0.5).double()
+        beta = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+        bias = torch.zeros([], dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([beta, bias], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(x @ beta + bias, target) + ridge * beta.square().sum()
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        beta = beta.detach()
+    else:
+        yc = (y.double() - y.double().mean())
+        beta = torch.linalg.solve(x.t() @ x + ridge * len(x) * torch.eye(x.shape[1], dtype=torch.float64), x.t() @ yc)
+    normal = beta / sd  # back to w units
+    return (normal / normal.norm()).float()
+
+
+def fit_direction(G, predictor, attribute: str, name: str | None = None, count: int = 5000,
+                  layers: tuple[int, int] | None = None, condition: list[Direction] = (), seed: int = 0,
+                  samples: tuple[torch.Tensor, dict] | None = None) -> Direction:
+    w, labels = samples or sample_labelled(G, predictor, count, seed)
+    if attribute not in labels or labels[attribute].ndim != 1:
+        raise DirectionError(f"the predictor gives no scalar attribute {attribute!r}; it gives: "
+                             f"{', '.join(k for k, v in labels.items() if v.ndim == 1)}")
+    y = labels[attribute]
+    binary = bool(((y < 0.05) | (y > 0.95)).float().mean() > 0.9) or attribute == "glasses"
+    n = fit_normal(w, y, binary)
+    # Conditional editing: remove the components along other attributes' normals (Gram-Schmidt).
+    basis = []
+    for other in condition:
+        v = other.vector[other.vector.norm(dim=1).argmax()].float()
+        for b in basis:
+            v = v - (v @ b) * b
+        if v.norm() > 1e-6:
+            basis.append(v / v.norm())
+    for b in basis:
+        n = n - (n @ b) * b
+    n = n / n.norm()
+    scale = float(((w - w.mean(0)) @ n).std())
+    corr = float(np.corrcoef(((w - w.mean(0)) @ n).numpy(), y.numpy())[0, 1])
+    vector = n * scale * _layer_mask(G.num_ws, layers)
+    info = {"attribute": attribute, "samples": len(w), "binary": binary, "scale": scale, "correlation": corr,
+            "layers": list(layers) if layers else [0, G.num_ws], "condition": [c.name for c in condition]}
+    return Direction(name or attribute, vector, "interfacegan", info)
+
+
+@torch.no_grad()
+def pca_directions(G, count: int = 20000, components: int = 10, seed: int = 0,
+                   layers: tuple[int, int] | None = None) -> list[Direction]:
+    gen = torch.Generator().manual_seed(seed)
+    w = torch.cat([G.mapping(torch.randn(min(1000, count - s), G.z_dim, generator=gen))[:, 0]
+                   for s in range(0, count, 1000)]).double()
+    centred = w - w.mean(0)
+    _, sv, vt = torch.linalg.svd(centred, full_matrices=False)
+    std = sv / np.sqrt(len(w) - 1)
+    mask = _layer_mask(G.num_ws, layers)
+    return [Direction(f"pca{k}", (vt[k] * std[k]).float() * mask, "ganspace",
+                      {"component": k, "std": float(std[k]), "layers": list(layers) if layers else [0, G.num_ws]})
+            for k in range(components)]
+
+
+# --- import of official layouts ------------------------------------------------------------------------------------
+
+class _NumpyUnpickler(pickle.Unpickler):
+    """Rebuilds numpy arrays and plain containers only (the object part of an IDInvert .npy)."""
+
+    def find_class(self, module, name):
+        allowed = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                   ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                   ("numpy._core.multiarray", "scalar")}
+        if (module, name) in allowed:
+            return getattr(__import__(module, fromlist=[name]), name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a direction file")
+
+
+def _read_npy(path: Path):
+    with open(path, "rb") as fh:
+        version = np.lib.format.read_magic(fh)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = read_header(fh)
+        if dtype.hasobject:
+            return _NumpyUnpickler(io.BytesIO(fh.read())).load()
+    return np.load(path, allow_pickle=False)
+
+
+def import_directions(path: Path, num_ws: int, w_dim: int, name: str | None = None) -> list[Direction]:
+    path = Path(path)
+    if not path.is_file():
+        raise DirectionError(f"{path}: no such file")
+    stem = name or path.stem.replace("_boundary", "")
+    if path.suffix == ".pt":  # GANSpace
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(data, dict) or not {"comp", "std"} <= set(data):
+            raise DirectionError(f"{path}: expected a GANSpace dict with 'mean', 'comp' and 'std'")
+        comp, std = data["comp"].reshape(len(data["std"]), -1).float(), data["std"].reshape(-1).float()
+        if comp.shape[1] != w_dim:
+            raise DirectionError(f"{path}: components have {comp.shape[1]} dims, the pack's W has {w_dim}")
+        return [Direction(f"{stem}{k}", (comp[k] * std[k]).expand(num_ws, -1).clone(), "ganspace",
+                          {"component": k, "std": float(std[k]), "source": path.name}) for k in range(len(std))]
+    try:
+        data = _read_npy(path)
+    except (ValueError, pickle.UnpicklingError, EOFError) as exc:
+        raise DirectionError(f"{path}: {exc}") from None
+    layers = None
+    if isinstance(data, np.ndarray) and data.dtype == object:
+        data = data.item()
+    if isinstance(data, dict):  # IDInvert
+        layers = list(data.get("meta_data", {}).get("manipulate_layers", []))
+        data = data["boundary"]
+    vector = torch.from_numpy(np.asarray(data, dtype=np.float32))
+    if vector.shape[-1] != w_dim:
+        raise DirectionError(f"{path}: a {tuple(vector.shape)} boundary does not fit W of {w_dim} dims")
+    vector = vector.reshape(-1, w_dim)
+    if vector.shape[0] == 1:
+        vector = vector.expand(num_ws, -1).clone()
+    elif vector.shape[0] != num_ws:
+        raise DirectionError(f"{path}: {vector.shape[0]} rows, the pack's W+ has {num_ws}")
+    if layers:
+        mask = torch.zeros(num_ws, 1)
+        mask[layers] = 1
+        vector = vector * mask
+    info = {"source": path.name, "layers": layers or [0, num_ws]}
+    return [Direction(stem, vector, "import", info)]
+
+
+def parse_layers(text: str | None) -> tuple[int, int] | None:
+    """'3-6' -> rows 3..6 inclusive, as the half-open (3, 7)."""
+    if not text:
+        return None
+    try:
+        a, b = (int(v) for v in text.split("-"))
+    except ValueError:
+        raise DirectionError(f"bad layer range {text!r}: use START-END, e.g. 0-5") from None
+    return a, b + 1

@@ -1,0 +1,38 @@
+"""e4e: a fast W+ encoder designed for editability (Tov et al. 2021). One forward pass per image."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ...packs import Pack
+from ..base import Inversion
+
+NETWORK = "e4e_encoder"
+
+
+class E4E:
+    name = "e4e"
+
+    def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
+        self.G = pack.generator(device)
+        self.E = pack.load(NETWORK, device)
+        self.resolution = self.G.img_resolution
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor) -> Inversion:
+        """images [N, 3, R, R] in [-1, 1] at the generator's resolution."""
+        size = self.E.cfg.input_size
+        x = images if images.shape[-1] == size else F.interpolate(images, size=(size, size), mode="area")
+        w = self.E(x)
+        return Inversion(latents={"w_plus": w}, image=self.G.synthesis(w, noise_mode="const"))
+
+    @torch.no_grad()
+    def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
+        """direction [num_ws, w_dim] (or [w_dim]) in W+, added `strength` times to every code."""
+        w = inversion.latents["w_plus"] + strength * direction.to(inversion.latents["w_plus"])
+        return self.G.synthesis(w, noise_mode="const")
+
+
+def load(pack: Pack, device: str | torch.device = "cpu") -> E4E:
+    return E4E(pack, device)

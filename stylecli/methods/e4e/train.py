@@ -1,0 +1,188 @@
+"""Training the e4e encoder against a pack's frozen generator (`stylecli train e4e`).
+
+Losses as in e4e: L2 1.0, perceptual 0.8, identity 0.1 (1 - cosine), delta regulariser 2e-4 (sum over the active
+rows of the mean L2 norm of w_i - w_0), and a latent discriminator (3 x Linear + LeakyReLU 0.2, non-saturating loss,
+R1 gamma 10 every 16 steps, Adam 2e-5) weighted 0.1 that keeps every encoded row inside W. Progressive training:
+only w0 at first; one more delta row becomes active every `progressive_step` steps from `progressive_start`.
+The encoder is optimised with Ranger (RAdam + Lookahead), lr 1e-4.
+"""
+
+from __future__ import annotations
+
+import ast
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...data.loader import ImageSource
+from ...losses import LossNetworks
+from ...packs import Pack
+from ...train.checkpoint import MetricsLog, load_checkpoint, save_checkpoint
+from ...train.optim import ranger
+from .encoder import Encoder4Editing, EncoderConfig
+
+
+class LatentDiscriminator(nn.Module):
+    def __init__(self, w_dim: int = 512, layers: int = 3):
+        super().__init__()
+        self.config = dict(w_dim=w_dim, layers=layers)
+        mods = []
+        for _ in range(layers):
+            mods += [nn.Linear(w_dim, w_dim), nn.LeakyReLU(0.2)]
+        mods.append(nn.Linear(w_dim, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return self.net(w)
+
+
+@dataclass
+class E4ETrainingConfig:
+    run_dir: str
+    model: str = "synthface-64"        # pack with the generator and the loss networks
+    data: str = "synth"
+    batch: int = 8
+    steps: int = 20000
+    lr: float = 1e-4
+    l2_weight: float = 1.0
+    perceptual_weight: float = 0.8
+    id_weight: float = 0.1
+    delta_weight: float = 2e-4
+    adv_weight: float = 0.1
+    d_lr: float = 2e-5
+    r1_gamma: float = 10.0
+    d_reg_interval: int = 16
+    pool_size: int = 50
+    progressive_start: int = 1400      # e4e: 20k of 300k steps; scaled to the run length
+    progressive_step: int = 140        # e4e: 2k
+    encoder: dict = field(default_factory=dict)  # EncoderConfig overrides
+    checkpoint_every: int = 250
+    log_every: int = 25
+    seed: int = 0
+    device: str = "cpu"
+
+
+class E4ETrainer:
+    def __init__(self, cfg: E4ETrainingConfig, resume: bool = False):
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        dev = torch.device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        pack = Pack.open(cfg.model)
+        self.G = pack.generator(dev)
+        self.losses = LossNetworks.from_pack(pack, dev)
+        enc_cfg = {**asdict(EncoderConfig.for_generator(self.G.img_resolution, self.G.w_dim, self.G.num_ws)),
+                   **cfg.encoder}
+        self.E = Encoder4Editing(**enc_cfg).to(dev).train()
+        with torch.no_grad():
+            self.E.latent_avg.copy_(self.G.w_avg.expand(self.G.num_ws, -1))
+        self.D = LatentDiscriminator(self.G.w_dim).to(dev)
+        self.opt_E = ranger(self.E.parameters(), lr=cfg.lr)
+        self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr)
+        self.source = ImageSource(cfg.data, self.G.img_resolution, seed=cfg.seed)
+        self.pool: list[torch.Tensor] = []
+        self.step, self.elapsed = 0, 0.0
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.pack_name = pack.name
+        if resume and (state := load_checkpoint(self.run_dir)) is not None:
+            self.E.load_state_dict(state["E"])
+            self.D.load_state_dict(state["D"])
+            self.opt_E.load_state_dict(state["opt_E"])
+            self.opt_D.load_state_dict(state["opt_D"])
+            self.step, self.elapsed = state["step"], state["elapsed"]
+            self.pool = list(state["pool"])
+            torch.set_rng_state(state["torch_rng"])
+            self.source.load_state({k: ast.literal_eval(v) for k, v in state["source"].items()})
+
+    def save(self):
+        save_checkpoint(self.run_dir, {
+            "E": self.E.state_dict(), "D": self.D.state_dict(), "opt_E": self.opt_E.state_dict(),
+            "opt_D": self.opt_D.state_dict(), "step": self.step, "elapsed": self.elapsed, "pool": self.pool,
+            "torch_rng": torch.get_rng_state(), "source": {k: repr(v) for k, v in self.source.state().items()},
+            "config": asdict(self.cfg), "encoder_config": self.E.config, "pack": self.pack_name})
+
+    def active_rows(self) -> int:
+        cfg = self.cfg
+        if self.step < cfg.progressive_start:
+            return 1
+        return min(self.G.num_ws, 2 + (self.step - cfg.progressive_start) // max(cfg.progressive_step, 1))
+
+    def train_step(self) -> dict:
+        cfg, dev = self.cfg, next(self.E.parameters()).device
+        self.E.progressive_stage = self.active_rows()
+        x = self.source.batch(cfg.batch).to(dev)
+        x_in = x if x.shape[-1] == self.E.cfg.input_size else F.interpolate(x, size=self.E.cfg.input_size, mode="area")
+
+        # Encoder.
+        self.D.requires_grad_(False)
+        w0, deltas = self.E.deltas_and_base(x_in)
+        w = w0.unsqueeze(1) + deltas + self.E.latent_avg
+        y = self.G.synthesis(w, noise_mode="const")
+        loss_l2 = F.mse_loss(y, x)
+        loss_p = self.losses.perceptual(y, x).mean()
+        loss_id = (1 - self.losses.identity(y, x)).mean()
+        active = self.E.progressive_stage
+        loss_delta = deltas[:, 1:active].norm(dim=2).mean(dim=0).sum() if active > 1 else torch.zeros([], device=dev)
+        fake_codes = w[:, :active].reshape(-1, w.shape[-1])
+        loss_adv = F.softplus(-self.D(fake_codes)).mean()
+        loss = (cfg.l2_weight * loss_l2 + cfg.perceptual_weight * loss_p + cfg.id_weight * loss_id
+                + cfg.delta_weight * loss_delta + cfg.adv_weight * loss_adv)
+        self.opt_E.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt_E.step()
+
+        # Latent discriminator: W samples from the mapping network versus encoded codes (with a history pool).
+        self.D.requires_grad_(True)
+        with torch.no_grad():
+            real = self.G.mapping(torch.randn(cfg.batch, self.G.z_dim, device=dev))[:, 0]
+        fake = fake_codes.detach()
+        self.pool = (self.pool + list(fake[:cfg.batch].cpu()))[-cfg.pool_size:]
+        pooled = torch.stack(self.pool[:cfg.batch]).to(dev)
+        loss_d = F.softplus(-self.D(real)).mean() + 0.5 * (F.softplus(self.D(fake)).mean() + F.softplus(self.D(pooled)).mean())
+        if self.step % cfg.d_reg_interval == 0:
+            real_r1 = real.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(self.D(real_r1).sum(), real_r1, create_graph=True)
+            loss_d = loss_d + grad.square().sum(1).mean() * (cfg.r1_gamma / 2) * cfg.d_reg_interval
+        self.opt_D.zero_grad(set_to_none=True)
+        loss_d.backward()
+        self.opt_D.step()
+        self.step += 1
+        return {"loss": loss.item(), "l2": loss_l2.item(), "perceptual": loss_p.item(), "id": loss_id.item(),
+                "delta": loss_delta.item(), "adv": loss_adv.item(), "loss_D": loss_d.item(), "active_rows": active}
+
+    def run(self, on_progress: Callable[[int, dict], None] | None = None) -> None:
+        window, tick = [], time.time()
+        while self.step < self.cfg.steps:
+            window.append(self.train_step())
+            now = time.time()
+            self.elapsed += now - tick
+            tick = now
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                record = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                record.update(step=self.step, elapsed_s=round(self.elapsed, 1))
+                self.log.write(record)
+                window = []
+                if on_progress:
+                    on_progress(self.step, record)
+            if self.step % self.cfg.checkpoint_every == 0:
+                self.save()
+        self.save()
+
+
+def encoder_from_run(run_dir: Path) -> tuple[dict, dict]:
+    """{"e4e_encoder": E} from a run folder, with its training record."""
+    state = load_checkpoint(run_dir)
+    if state is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt")
+    E = Encoder4Editing(**state["encoder_config"])
+    E.load_state_dict(state["E"])
+    metrics = MetricsLog(run_dir / "metrics.jsonl").read()
+    record = {"trained_by": "stylecli train e4e", "config": state["config"], "steps": state["step"],
+              "wall_time_h": round(state["elapsed"] / 3600, 2), "last_metrics": metrics[-1] if metrics else None}
+    return {"e4e_encoder": E}, record

@@ -1,0 +1,143 @@
+"""e4e end to end on a tiny pack: training, pack assembly, directions, and invert/edit from the shell."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from stylecli.methods.e4e.encoder import Encoder4Editing, EncoderConfig
+from stylecli.methods.e4e.train import E4ETrainer, E4ETrainingConfig
+from stylecli.train.domainnet import DomainNetTrainer, DomainNetTrainingConfig
+from stylecli.train.generator import GeneratorTrainer, GeneratorTrainingConfig
+
+TINY_ENCODER = dict(widths=[8, 8, 16, 16], units=[1, 1, 1, 1], stem=8)
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def pack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e4e")
+    GeneratorTrainer(GeneratorTrainingConfig(run_dir=str(root / "g"), resolution=32, z_dim=16, w_dim=16,
+                                             mapping_layers=2, channel_base=256, channel_max=16, batch=4,
+                                             kimg=0.004)).run()
+    DomainNetTrainer(DomainNetTrainingConfig(run_dir=str(root / "dn"), resolution=32, identities=4, steps=1)).run()
+    pack = root / "packs" / "tinyface"
+    out = cli("weights", "from-runs", str(pack), "--generator-run", str(root / "g"), "--domainnet-run", str(root / "dn"))
+    assert out.returncode == 0, out.stderr
+    cfg = E4ETrainingConfig(run_dir=str(root / "e4e"), model=str(pack), batch=2, steps=4, progressive_start=1,
+                            progressive_step=1, encoder=TINY_ENCODER, checkpoint_every=2, log_every=1)
+    trainer = E4ETrainer(cfg)
+    trainer.run()
+    rows = [json.loads(l)["active_rows"] for l in (root / "e4e" / "metrics.jsonl").read_text().splitlines()]
+    assert rows == [1, 2, 3, 4]  # progressive: one more delta row per step after the start
+    out = cli("weights", "from-runs", str(pack), "--e4e-run", str(root / "e4e"))
+    assert out.returncode == 0, out.stderr
+    out = cli("directions", "fit", "smile", "glasses", "--model", str(pack), "--samples", "60")
+    assert out.returncode == 0, out.stderr
+    return pack
+
+
+def test_e4e_resume_is_exact(tmp_path, pack):
+    base = dict(model=str(pack), batch=2, progressive_start=1, progressive_step=1, encoder=TINY_ENCODER,
+                checkpoint_every=2, log_every=1)
+    straight = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "a"), steps=4, **base))
+    straight.run()
+    E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), steps=2, **base)).run()
+    resumed = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), steps=4, **base), resume=True)
+    resumed.run()
+    for key, value in straight.E.state_dict().items():
+        torch.testing.assert_close(resumed.E.state_dict()[key], value, msg=key)
+
+
+def test_encoder_progressive_rows_and_official_configuration():
+    E = Encoder4Editing(**TINY_ENCODER, input_size=32, w_dim=16, num_ws=8).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        E.progressive_stage = 1
+        w = E(x)
+        assert torch.allclose(w, w[:, :1].expand_as(w))  # only w0: every row equal
+        E.progressive_stage = 8
+        assert not torch.allclose(E(x)[:, 5], E(x)[:, 0])
+    official = Encoder4Editing(**EncoderConfig.ffhq().__dict__)
+    assert official.taps == (6, 20, 23)
+    assert sum(p.numel() for p in official.parameters()) > 2.6e8
+
+
+def test_invert_a_folder_with_a_bad_file_then_skip_then_overwrite(tmp_path, pack):
+    photos = tmp_path / "photos"
+    assert cli("data", "synth", "--set", "indomain", "--count", "3", "--out", str(photos), "--resolution", "48").returncode == 0
+    (photos / "broken.png").write_text("not an image")
+    out = cli("invert", str(photos), "-o", str(tmp_path / "out"), "--method", "e4e", "--model", str(pack),
+              "--compare", "--json")
+    assert out.returncode == 1  # one file failed, the others are done
+    results = json.loads(out.stdout)
+    assert sorted(r["status"] for r in results) == ["done", "done", "done", "failed"]
+    assert "broken.png" in out.stderr and "3 done" in out.stderr
+    recon = Image.open(tmp_path / "out" / "000000.png")
+    assert recon.size == (32, 32)
+    assert (tmp_path / "out" / "000000.latent.safetensors").is_file()
+    assert (tmp_path / "out" / "000000_compare.png").is_file()
+    (photos / "broken.png").unlink()
+    again = cli("invert", str(photos), "-o", str(tmp_path / "out"), "--model", str(pack))
+    assert again.returncode == 0 and "3 skipped" in again.stderr
+    redo = cli("invert", str(photos), "-o", str(tmp_path / "out"), "--model", str(pack), "--overwrite")
+    assert redo.returncode == 0 and "3 done" in redo.stderr
+
+
+def test_invert_never_overwrites_its_input(tmp_path, pack):
+    assert cli("data", "synth", "--count", "1", "--out", str(tmp_path), "--resolution", "32").returncode == 0
+    before = (tmp_path / "000000.png").read_bytes()
+    out = cli("invert", str(tmp_path / "000000.png"), "-o", str(tmp_path), "--model", str(pack))
+    assert out.returncode == 1 and "refusing to overwrite an input" in out.stderr
+    assert (tmp_path / "000000.png").read_bytes() == before
+
+
+def test_edit_images_latents_and_sweeps(tmp_path, pack):
+    assert cli("data", "synth", "--count", "2", "--out", str(tmp_path / "in"), "--resolution", "32").returncode == 0
+    assert cli("invert", str(tmp_path / "in"), "-o", str(tmp_path / "lat"), "--model", str(pack)).returncode == 0
+    one = cli("edit", str(tmp_path / "in" / "000000.png"), "-d", "smile", "-s", "2", "-d", "glasses", "-s", "1",
+              "--model", str(pack), "-o", str(tmp_path / "ed"))
+    assert one.returncode == 0, one.stderr
+    edited = tmp_path / "ed" / "000000_smile+2_glasses+1.png"
+    recon = tmp_path / "lat" / "000000.png"
+    assert edited.is_file()
+    assert Image.open(edited).tobytes() != Image.open(recon).tobytes()
+    sweep = cli("edit", str(tmp_path / "lat"), "--latent", "-d", "smile", "--strength", "-2:2:5", "--model", str(pack),
+                "-o", str(tmp_path / "sw"))
+    assert sweep.returncode == 0, sweep.stderr
+    grid = Image.open(tmp_path / "sw" / "000001_smile-2..+2.png")
+    assert grid.size[0] > 4 * 32
+    gif = Image.open(tmp_path / "sw" / "000001_smile-2..+2.gif")
+    assert gif.n_frames == 8  # there and back
+    # Strength 0 reproduces the reconstruction from the saved latent.
+    zero = cli("edit", str(tmp_path / "lat" / "000000.latent.safetensors"), "--latent", "-d", "smile", "-s", "0",
+               "--model", str(pack), "-o", str(tmp_path / "z"))
+    assert zero.returncode == 0
+    assert Image.open(tmp_path / "z" / "000000_smile+0.png").tobytes() == Image.open(recon).tobytes()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-d", "frown"], "no direction 'frown'"),
+    (["-d", "smile", "-s", "1:2"], "bad strength"),
+    (["-d", "smile", "-d", "glasses", "-s", "1", "-s", "2", "-s", "3"], "2 directions but 3 strengths"),
+])
+def test_edit_errors_are_one_line(tmp_path, pack, args, message):
+    assert cli("data", "synth", "--count", "1", "--out", str(tmp_path), "--resolution", "32").returncode == 0
+    out = cli("edit", str(tmp_path / "000000.png"), "--model", str(pack), *args)
+    assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
+
+
+def test_directions_are_listed_with_their_fit(pack):
+    out = cli("directions", "list", "--model", str(pack))
+    assert out.returncode == 0 and "smile" in out.stderr and "glasses" in out.stderr
+    manifest = json.loads((pack / "manifest.json").read_text())
+    assert manifest["directions"]["smile"]["kind"] == "interfacegan"
+    assert "directions.safetensors" in manifest["files"]
+    assert cli("weights", "verify", str(pack)).returncode == 0
