@@ -119,3 +119,37 @@ def test_pack_round_trip_verify_and_fp16(tmp_path, fixtures):
     assert any("sha256" in p for p in loaded.verify())
     os.remove(tmp_path / "mini" / "generator.safetensors")
     assert any("missing" in p for p in loaded.verify())
+
+
+def test_official_e4e_checkpoint_layout_converts_exactly(tmp_path):
+    """encoder.* with the official module names, decoder.* in rosinality's layout, latent_avg [num_ws, w_dim]."""
+    import subprocess
+    import sys
+
+    from checkpoint_fixtures import rosinality_generator_state
+    from stylecli.methods.e4e.encoder import Encoder4Editing
+    from stylecli.packs import Pack
+
+    G, _ = random_networks(5)
+    torch.manual_seed(6)
+    E = Encoder4Editing(input_size=32, widths=[8, 16, 24, 32], units=[1, 2, 1, 1], stem=8, w_dim=32, num_ws=G.num_ws,
+                        coarse_ind=3, middle_ind=7).eval()
+    with torch.no_grad():
+        for name, buf in E.named_buffers():
+            if "running" in name:
+                buf.uniform_(0.5, 1.5)
+        E.latent_avg.normal_()
+    sd = {f"encoder.{k}": v for k, v in E.state_dict().items() if k != "latent_avg"}
+    sd.update({f"decoder.{k}": v for k, v in rosinality_generator_state(G).items()})
+    torch.save({"state_dict": sd, "opts": {"stylegan_size": 32, "encoder_type": "Encoder4Editing"},
+                "latent_avg": E.latent_avg.clone()}, tmp_path / "e4e_tiny_encode.pt")
+    out = subprocess.run([sys.executable, "-m", "stylecli", "weights", "convert", str(tmp_path / "e4e_tiny_encode.pt"),
+                          str(tmp_path / "pack")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    pack = Pack.open(tmp_path / "pack")
+    E2, G2 = pack.load("e4e_encoder"), pack.generator()
+    assert E2.config == E.config
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(E2(x), E(x))
+        torch.testing.assert_close(G2.synthesis(E2(x)), G.synthesis(E(x)))

@@ -141,3 +141,32 @@ def test_directions_are_listed_with_their_fit(pack):
     assert manifest["directions"]["smile"]["kind"] == "interfacegan"
     assert "directions.safetensors" in manifest["files"]
     assert cli("weights", "verify", str(pack)).returncode == 0
+
+
+def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
+    out = cli("bench", "inversion", "--method", "e4e", "--model", str(pack), "--set", "indomain", "--set", "ood",
+              "--count", "12", "-o", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    rows = json.loads((tmp_path / "inversion.json").read_text())
+    assert [r["set"] for r in rows] == ["indomain", "ood"]
+    for r in rows:
+        assert 0 < r["psnr"] < 60 and -1 <= r["ssim"] <= 1 and 0 <= r["ms_ssim"] <= 1 and r["seconds_per_image"] > 0
+    assert (tmp_path / "e4e_ood.png").is_file()
+    ed = cli("bench", "editing", "--method", "e4e", "--model", str(pack), "--count", "4", "-o", str(tmp_path))
+    assert ed.returncode == 0, ed.stderr
+    rows = json.loads((tmp_path / "editing.json").read_text())
+    assert {r["direction"] for r in rows} == {"smile", "glasses"}
+    assert all("drift_std" in r and -1 <= r["id_similarity"] <= 1 for r in rows)
+
+
+def test_image_metrics_behave():
+    from stylecli.bench.inversion import image_metrics
+    from stylecli.losses import LossNetworks
+    from stylecli.data.domainnet import DomainNet, id_similarity, perceptual_distance
+    net = DomainNet().eval()
+    losses = LossNetworks(lambda a, b: perceptual_distance(net, a, b), lambda a, b: id_similarity(net, a, b), net, 64)
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    same = image_metrics(x, x, losses)
+    noisy = image_metrics(x, (x + 0.1 * torch.randn_like(x)).clamp(-1, 1), losses)
+    assert same["psnr"] > 90 and same["ssim"] > 0.999 and same["ms_ssim"] > 0.999 and same["l2"] == 0
+    assert 20 < noisy["psnr"] < 30 and noisy["ssim"] < same["ssim"]

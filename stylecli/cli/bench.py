@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -110,3 +111,82 @@ def _quality_table(model: Optional[str], count: int, json_output: bool) -> None:
     console.print(table)
     if json_output:
         print(json.dumps(result, indent=2))
+
+
+def _method_and_losses(method: str, model: str, device: str):
+    from ..losses import LossNetworks
+    from .editing import _open_method
+
+    runner, pack = _open_method(method, model, device)
+    return runner, pack, LossNetworks.from_pack(pack)
+
+
+@bench_app.command("inversion")
+def inversion_command(
+    method: list[str] = typer.Option(["e4e"], "--method", help="Methods to compare (repeatable)."),
+    model: str = typer.Option("synthface-64", "--model", "-m", help="Pack to evaluate on."),
+    sets: list[str] = typer.Option(["indomain", "detail", "ood", "geometric"], "--set", help="Held-out sets."),
+    count: int = typer.Option(200, "--count", min=2, help="Images per set."),
+    out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for results.json and comparisons."),
+    device: str = DeviceOption,
+):
+    """Reconstruction quality and speed of each method on the held-out sets; writes JSON and comparison images.
+
+    Example: stylecli bench inversion --method e4e --model synthface-64 --count 200
+    """
+    from ..bench.inversion import evaluate_inversion
+    from ..imageio import save_image
+
+    table = Table("method", "set", "PSNR", "SSIM", "MS-SSIM", "L2", "percept.", "ID sim", "FID", "s/img",
+                  title=f"inversion on {model} ({count} images per set)")
+    rows = []
+    for name in method:
+        runner, pack, losses = _method_and_losses(name, model, device)
+        for set_name in sets:
+            row, comparison = evaluate_inversion(runner, losses, set_name, count)
+            row["method"] = name
+            rows.append(row)
+            save_image(comparison, out / f"{name}_{set_name}.png")
+            table.add_row(name, set_name, f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", f"{row['ms_ssim']:.3f}",
+                          f"{row['l2']:.4f}", f"{row['perceptual']:.4f}", f"{row['id_similarity']:.3f}",
+                          f"{row.get('domain_fid', float('nan')):.2f}", f"{row['seconds_per_image'] * 1e3:.1f} ms")
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "inversion.json").write_text(json.dumps(rows, indent=2))
+    console.print(f"wrote {out}/inversion.json and comparison images (inputs on top, reconstructions below)")
+
+
+@bench_app.command("editing")
+def editing_command(
+    method: list[str] = typer.Option(["e4e"], "--method", help="Methods to compare (repeatable)."),
+    model: str = typer.Option("synthface-64", "--model", "-m", help="Pack to evaluate on."),
+    direction: list[str] = typer.Option([], "--direction", "-d", help="Directions (default: all fitted ones)."),
+    strength: float = typer.Option(2.0, "--strength", help="Edit strength."),
+    count: int = typer.Option(100, "--count", min=2, help="Images from the indomain set."),
+    out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for editing.json."),
+    device: str = DeviceOption,
+):
+    """Edit quality: target-attribute change, drift of the other attributes, identity kept.
+
+    Example: stylecli bench editing --method e4e --direction smile --strength 2
+    """
+    from ..bench.inversion import evaluate_editing
+    from ..directions import get_direction, load_directions
+
+    table = Table("method", "direction", "target change", "per unit", "max drift", "ID sim",
+                  title=f"editing on {model} at strength {strength} ({count} images), in attribute std")
+    rows = []
+    for name in method:
+        runner, pack, losses = _method_and_losses(name, model, device)
+        chosen = {d: get_direction(pack, d) for d in direction} if direction else {
+            d: v for d, v in load_directions(pack).items() if v.kind == "interfacegan"}
+        if not chosen:
+            raise UsageError(f"pack {pack.name!r} has no fitted directions (see `stylecli directions fit`)")
+        for row in evaluate_editing(runner, losses, chosen, count, strength):
+            row["method"] = name
+            rows.append(row)
+            table.add_row(name, row["direction"], f"{row['target_change_std']:+.2f}", f"{row['target_change_per_unit']:+.2f}",
+                          f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}")
+    console.print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "editing.json").write_text(json.dumps(rows, indent=2))

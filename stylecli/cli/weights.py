@@ -90,18 +90,26 @@ def convert_command(
 
     if dst.exists() and (dst.resolve() == src.resolve() or dst.is_file()):
         raise UsageError(f"{dst}: the destination must be a folder, not a file")
-    converted = convert_checkpoint(src)
-    networks = {"generator": converted.generator}
-    if converted.discriminator is not None:
-        networks["discriminator"] = converted.discriminator
-    for name, report in converted.reports.items():
+    from ..methods.e4e.convert import convert_e4e, is_e4e_checkpoint
+    from ..packs.convert import detect_format
+
+    if src.is_file() and detect_format(src) == "rosinality" and is_e4e_checkpoint(
+            torch.load(src, map_location="cpu", weights_only=True)):
+        generator, encoder, reports = convert_e4e(src)
+        networks, source_format = {"generator": generator, "e4e_encoder": encoder}, "e4e"
+    else:
+        converted = convert_checkpoint(src)
+        networks, reports, source_format = {"generator": converted.generator}, converted.reports, converted.source_format
+        if converted.discriminator is not None:
+            networks["discriminator"] = converted.discriminator
+    for name, report in reports.items():
         console.print(f"{name}: {len(report.mapped)} tensors mapped, {len(report.ignored)} source tensors ignored, "
                       f"{len(report.regenerated)} filter buffers regenerated")
         if verbose:
             for src_key, dst_key in report.mapped:
                 console.print(f"  {src_key} -> {dst_key}")
-    provenance = {"converted_from": src.name, "source_format": converted.source_format}
-    write_pack(dst, dst.name, networks, converted.generator.img_resolution, provenance,
+    provenance = {"converted_from": src.name, "source_format": source_format}
+    write_pack(dst, dst.name, networks, networks["generator"].img_resolution, provenance,
                dtype=torch.float16 if fp16 else torch.float32)
     console.print(f"wrote pack {dst}")
 
