@@ -40,4 +40,4 @@ def test_domain_network_interfaces():
         assert torch.allclose(perceptual_distance(net, x, x), torch.zeros(2))
         assert (perceptual_distance(net, x, y) > 0).all()
         assert torch.allclose(id_similarity(net, x, x), torch.ones(2), atol=1e-5)
-        assert [f.shape[-1] for f in net.features(x)] == [32, 16, 8, 4]
+        assert [f.shape[-1] for f in net.features(x)] == [64, 32, 16, 8]

@@ -33,13 +33,14 @@ def _block(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 class DomainNet(nn.Module):
     def __init__(self,
-                 widths: tuple = (32, 64, 128, 256),  # channels of the four stages; each halves the resolution
+                 widths: tuple = (24, 48, 96, 192),   # channels of the four stages (the first keeps full size,
+                                                      # so 1-2 px features such as lips and eyebrows survive)
                  embed_dim: int = 128):               # identity embedding size
         super().__init__()
         self.config = dict(widths=list(widths), embed_dim=embed_dim)
         stages, cin = [], 3
         for i, w in enumerate(widths):
-            stages.append(_block(cin, w, 2))
+            stages.append(_block(cin, w, 1 if i == 0 else 2))
             cin = w
         self.stages = nn.ModuleList(stages)
         self.feature_dim = cin

@@ -245,8 +245,8 @@ def render_face_layer(p: FaceParams, size: int) -> Image.Image:
         # Eyebrows: the inner end rises (worried) or drops (angry).
         inner, outer = ex - side * er * 1.1, ex + side * er * 1.2
         by = ey - er * 1.6
-        draw.line([(X(inner), X(by - 0.035 * p.eyebrows)), (X(outer), X(by + 0.012 * p.eyebrows))],
-                  fill=_rgb(hair * 0.6), width=max(1, int(X(0.02))))
+        draw.line([(X(inner), X(by - 0.04 * p.eyebrows)), (X(outer), X(by + 0.015 * p.eyebrows))],
+                  fill=_rgb(hair * 0.5), width=max(1, int(X(0.024))))
         # Age: crow's feet and lower-lid lines.
         if p.age > 0.3:
             a = int(200 * (p.age - 0.3) / 0.7)
@@ -273,20 +273,20 @@ def render_face_layer(p: FaceParams, size: int) -> Image.Image:
 
     # Mouth: smile bends the corners up and opens the mouth; frowning bends them down.
     my = cy + 0.13
-    mw = 0.07 + 0.02 * max(p.smile, 0)
+    mw = 0.075 + 0.025 * max(p.smile, 0)
     mx = cx + turn
-    corner = -0.035 * p.smile
-    open_ = max(0.0, p.smile - 0.2) * 0.06
+    corner = -0.045 * p.smile
+    open_ = max(0.0, p.smile - 0.1) * 0.07
     upper = _quad_curve((mx - mw, my + corner), (mx, my + 0.5 * corner * -0.4), (mx + mw, my + corner))
     lower = _quad_curve((mx + mw, my + corner), (mx, my + open_ * 2 + 0.01 - corner * 0.6), (mx - mw, my + corner))
-    lip = _rgb(np.array([190, 80, 80]) * 0.6 + skin * 0.4)
+    lip = _rgb(np.array([150, 45, 55]) * 0.8 + skin * 0.2)
     if open_ > 0.004:
         draw.polygon([(X(x), X(y)) for x, y in upper + lower], fill=(70, 20, 25))
         teeth = _quad_curve((mx - mw * 0.8, my + corner * 0.8 + 0.004), (mx, my + 0.012), (mx + mw * 0.8, my + corner * 0.8 + 0.004))
         draw.line([(X(x), X(y)) for x, y in teeth], fill=(245, 245, 240), width=max(1, int(X(0.012))))
-    draw.line([(X(x), X(y)) for x, y in upper], fill=lip, width=max(1, int(X(0.012))), joint="curve")
+    draw.line([(X(x), X(y)) for x, y in upper], fill=lip, width=max(1, int(X(0.018))), joint="curve")
     if open_ > 0.004:
-        draw.line([(X(x), X(y)) for x, y in lower], fill=lip, width=max(1, int(X(0.012))), joint="curve")
+        draw.line([(X(x), X(y)) for x, y in lower], fill=lip, width=max(1, int(X(0.018))), joint="curve")
 
     # Glasses: two rims and a bridge.
     if p.glasses >= 0.5:

@@ -30,6 +30,9 @@ RANGES = {name: ATTRIBUTES.get(name, (0.0, 1.0)) for name in CONTINUOUS}
 RANGES["face_width"] = (0.86, 1.1)
 
 
+_WEIGHTS = torch.tensor([3.0 if n in ATTRIBUTES else 1.0 for n in CONTINUOUS])
+
+
 def targets_from_params(params: list) -> dict[str, torch.Tensor]:
     cont = torch.tensor([[getattr(p, n) for n in CONTINUOUS] for p in params], dtype=torch.float32)
     return {"continuous": cont,
@@ -98,7 +101,8 @@ class DomainNetTrainer:
         for group in self.opt.param_groups:
             group["lr"] = self._lr()
         out = self.net(x)
-        loss_reg = F.mse_loss(_scale(out["continuous"]), _scale(t["continuous"]))
+        # Editable attributes weigh 3x: they label samples for directions and score every edit.
+        loss_reg = ((_scale(out["continuous"]) - _scale(t["continuous"])).square() * _WEIGHTS).mean()
         loss_glasses = F.binary_cross_entropy_with_logits(out["glasses_logit"], t["glasses"])
         loss_hair = F.cross_entropy(out["hair_style_logits"], t["hair_style"])
         e = out["embedding"]
