@@ -98,29 +98,19 @@ def train(
     """
     from ..models import resolve_device
 
+    if (run_dir / "checkpoint.pt").exists() and not resume:
+        raise UsageError(f"{run_dir} already holds a checkpoint: add --resume, or choose another --run-dir")
+    dev = str(resolve_device(device))
     if target == "generator":
         from ..train.generator import GeneratorTrainer, GeneratorTrainingConfig
 
-        if (run_dir / "checkpoint.pt").exists() and not resume:
-            raise UsageError(f"{run_dir} already holds a checkpoint: add --resume, or choose another --run-dir")
         cfg = GeneratorTrainingConfig(run_dir=str(run_dir), data=data, resolution=resolution, z_dim=z_dim, w_dim=z_dim,
                                       mapping_layers=mapping_layers, channel_base=channel_base, channel_max=channel_max,
                                       batch=batch, kimg=kimg, checkpoint_kimg=checkpoint_kimg, sample_kimg=sample_kimg,
-                                      device=str(resolve_device(device)))
-        try:
-            trainer = GeneratorTrainer(cfg, resume=resume)
-        except (ValueError, FileNotFoundError) as exc:
-            raise UsageError(str(exc)) from None
-        start = trainer.nimg / 1000
-        with progress_bar(f"training generator ({run_dir})", int(kimg * 1000)) as advance:
-            advance(int(start * 1000))
-            done = [start]
-
-            def report(kimg_now, record):
-                advance(int((kimg_now - done[0]) * 1000))
-                done[0] = kimg_now
-
-            trainer.run(on_progress=report if trainer.ctx.is_main else None)
+                                      device=dev)
+        trainer = _make_trainer(GeneratorTrainer, cfg, resume)
+        _train_with_progress(trainer, f"training generator ({run_dir}), images", int(kimg * 1000), trainer.nimg,
+                             report=trainer.ctx.is_main)
         console.print(f"done: {trainer.nimg / 1000:.1f} kimg; checkpoint and samples in {run_dir}/")
         return
     if target == "domainnet":
@@ -128,46 +118,42 @@ def train(
 
         if data != "synth":
             raise UsageError("the domain network trains on rendered faces only (--data synth)")
-        if (run_dir / "checkpoint.pt").exists() and not resume:
-            raise UsageError(f"{run_dir} already holds a checkpoint: add --resume, or choose another --run-dir")
-        trainer = DomainNetTrainer(DomainNetTrainingConfig(run_dir=str(run_dir), resolution=resolution, steps=steps,
-                                                           checkpoint_every=max(1, min(200, steps))), resume=resume)
-        with progress_bar(f"training domain network ({run_dir})", steps) as advance:
-            advance(trainer.step)
-            done = [trainer.step]
-
-            def report(step, record):
-                advance(step - done[0])
-                done[0] = step
-
-            trainer.run(on_progress=report)
-        console.print(f"done: {trainer.step} steps; checkpoint in {run_dir}/")
-        return
-    if target == "e4e":
+        cfg = DomainNetTrainingConfig(run_dir=str(run_dir), resolution=resolution, steps=steps,
+                                      checkpoint_every=max(1, min(200, steps)))
+        trainer = _make_trainer(DomainNetTrainer, cfg, resume)
+    elif target == "e4e":
         from ..methods.e4e.train import E4ETrainer, E4ETrainingConfig
 
-        if (run_dir / "checkpoint.pt").exists() and not resume:
-            raise UsageError(f"{run_dir} already holds a checkpoint: add --resume, or choose another --run-dir")
         cfg = E4ETrainingConfig(run_dir=str(run_dir), model=model, data=data, batch=batch, steps=steps,
                                 progressive_start=int(steps * 0.07), progressive_step=max(1, int(steps * 0.007)),
-                                checkpoint_every=max(1, min(250, steps)), device=str(resolve_device(device)))
-        try:
-            trainer = E4ETrainer(cfg, resume=resume)
-        except FileNotFoundError as exc:
-            raise UsageError(str(exc)) from None
-        with progress_bar(f"training e4e ({run_dir})", steps) as advance:
-            advance(trainer.step)
-            done = [trainer.step]
+                                checkpoint_every=max(1, min(250, steps)), device=dev)
+        trainer = _make_trainer(E4ETrainer, cfg, resume)
+    else:
+        _method_or_exit(target)
+        raise UsageError(f"training {target!r} is not part of this build of stylecli yet")
+    _train_with_progress(trainer, f"training {target} ({run_dir}), steps", steps, trainer.step)
+    console.print(f"done: {trainer.step} steps; checkpoint in {run_dir}/ (add it to a pack with `stylecli weights "
+                  f"from-runs`)")
 
-            def report_e4e(step, record):
-                advance(step - done[0])
-                done[0] = step
 
-            trainer.run(on_progress=report_e4e)
-        console.print(f"done: {trainer.step} steps; checkpoint in {run_dir}/ (add it to the pack with "
-                      f"`stylecli weights from-runs`)")
-        return
-    _method_or_exit(target)
+def _make_trainer(cls, cfg, resume: bool):
+    try:
+        return cls(cfg, resume=resume)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _train_with_progress(trainer, description: str, total: int, start: int, report: bool = True) -> None:
+    """Run `trainer` with a progress bar in the trainer's own unit (images or steps)."""
+    with progress_bar(description, total) as advance:
+        advance(start)
+        done = [start]
+
+        def on_progress(position, record):
+            advance(position - done[0])
+            done[0] = position
+
+        trainer.run(on_progress=on_progress if report else None)
 
 
 def register_commands(app: typer.Typer) -> None:

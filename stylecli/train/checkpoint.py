@@ -5,8 +5,11 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
 
 CHECKPOINT = "checkpoint.pt"
@@ -48,3 +51,31 @@ class MetricsLog:
         if not self.path.is_file():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+class StepTrainer:
+    """The loop shared by step-counted trainers: train_step() until cfg.steps, a metrics record (means over the
+    window) every cfg.log_every steps, a checkpoint every cfg.checkpoint_every steps and at the end.
+
+    Subclasses set cfg, step, elapsed, log and implement train_step() -> dict and save()."""
+
+    def log_extras(self) -> dict:
+        return {}
+
+    def run(self, on_progress: Callable[[int, dict], None] | None = None) -> None:
+        window, tick = [], time.time()
+        while self.step < self.cfg.steps:
+            window.append(self.train_step())
+            now = time.time()
+            self.elapsed += now - tick
+            tick = now
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                record = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                record.update(step=self.step, elapsed_s=round(self.elapsed, 1), **self.log_extras())
+                self.log.write(record)
+                window = []
+                if on_progress:
+                    on_progress(self.step, record)
+            if self.step % self.cfg.checkpoint_every == 0:
+                self.save()
+        self.save()

@@ -10,10 +10,8 @@ softness of generated images.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ from ..data.domainnet import CONTINUOUS, DomainNet
 from ..data.render import ATTRIBUTES, HAIR_STYLES, render, resample_appearance, sample_params
 from ..data.sets import TRAIN_SEED_LIMIT, make_sample
 from ..imageio import image_to_tensor
-from .checkpoint import MetricsLog, load_checkpoint, save_checkpoint
+from .checkpoint import MetricsLog, StepTrainer, load_checkpoint, save_checkpoint
 
 # Scale of each continuous target, so every regression term weighs about the same.
 RANGES = {name: ATTRIBUTES.get(name, (0.0, 1.0)) for name in CONTINUOUS}
@@ -59,7 +57,7 @@ class DomainNetTrainingConfig:
     seed: int = 0
 
 
-class DomainNetTrainer:
+class DomainNetTrainer(StepTrainer):
     def __init__(self, cfg: DomainNetTrainingConfig, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
@@ -119,22 +117,8 @@ class DomainNetTrainer:
         return {"loss": loss.item(), "regression": loss_reg.item(), "glasses": loss_glasses.item(),
                 "hair_style": loss_hair.item(), "identity": loss_id.item()}
 
-    def run(self, on_progress: Callable[[int, dict], None] | None = None) -> None:
-        window, tick = [], time.time()
-        while self.step < self.cfg.steps:
-            window.append(self.train_step())
-            now = time.time()
-            self.elapsed += now - tick
-            tick = now
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                record = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                record.update(step=self.step, lr=self._lr(), elapsed_s=round(self.elapsed, 1))
-                self.log.write(record)
-                window = []
-                if on_progress:
-                    on_progress(self.step, record)
-            if self.step % self.cfg.checkpoint_every == 0:
-                self.save()
+    def log_extras(self) -> dict:
+        return {"lr": self._lr()}
         self.save()
 
 

@@ -220,7 +220,8 @@ class GeneratorTrainer:
         save_image(make_grid(tensor_to_images(images), 4), path)
         return path
 
-    def run(self, on_progress: Callable[[float, dict], None] | None = None) -> None:
+    def run(self, on_progress: Callable[[int, dict], None] | None = None) -> None:
+        """Train until cfg.kimg; on_progress(images shown so far, metrics record) after each record."""
         cfg = self.cfg
         total = int(cfg.kimg * 1000)
         next_ckpt = self.nimg + cfg.checkpoint_kimg * 1000
@@ -240,7 +241,7 @@ class GeneratorTrainer:
                     self.log.write(record)
                 window, next_log = [], self.nimg + cfg.log_kimg * 1000
                 if on_progress:
-                    on_progress(self.nimg / 1000, record)
+                    on_progress(self.nimg, record)
             if self.nimg >= next_sample:
                 self.write_samples()
                 next_sample = self.nimg + cfg.sample_kimg * 1000

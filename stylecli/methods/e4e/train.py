@@ -10,10 +10,8 @@ The encoder is optimised with Ranger (RAdam + Lookahead), lr 1e-4.
 from __future__ import annotations
 
 import ast
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ from torch import nn
 from ...data.loader import ImageSource
 from ...losses import LossNetworks
 from ...packs import Pack
-from ...train.checkpoint import MetricsLog, load_checkpoint, save_checkpoint
+from ...train.checkpoint import MetricsLog, StepTrainer, load_checkpoint, save_checkpoint
 from ...train.optim import ranger
 from .encoder import Encoder4Editing, EncoderConfig
 
@@ -68,7 +66,7 @@ class E4ETrainingConfig:
     device: str = "cpu"
 
 
-class E4ETrainer:
+class E4ETrainer(StepTrainer):
     def __init__(self, cfg: E4ETrainingConfig, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
@@ -156,22 +154,6 @@ class E4ETrainer:
         return {"loss": loss.item(), "l2": loss_l2.item(), "perceptual": loss_p.item(), "id": loss_id.item(),
                 "delta": loss_delta.item(), "adv": loss_adv.item(), "loss_D": loss_d.item(), "active_rows": active}
 
-    def run(self, on_progress: Callable[[int, dict], None] | None = None) -> None:
-        window, tick = [], time.time()
-        while self.step < self.cfg.steps:
-            window.append(self.train_step())
-            now = time.time()
-            self.elapsed += now - tick
-            tick = now
-            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
-                record = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                record.update(step=self.step, elapsed_s=round(self.elapsed, 1))
-                self.log.write(record)
-                window = []
-                if on_progress:
-                    on_progress(self.step, record)
-            if self.step % self.cfg.checkpoint_every == 0:
-                self.save()
         self.save()
 
 
