@@ -23,7 +23,8 @@ def _open_method(method: str, model: str, device: str):
     try:
         return module.load(pack, resolve_device(device)), pack
     except PackError as exc:
-        raise UsageError(f"{exc} (train it with `stylecli train {method} --model {pack.name}`)") from None
+        hint = f" (train it with `stylecli train {method} --model {pack.name}`)" if pack.has("generator") else ""
+        raise UsageError(f"{exc}{hint}") from None
 
 
 def _finish(results, json_output: bool, what: str) -> None:
