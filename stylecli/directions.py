@@ -28,7 +28,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .packs.pack import MANIFEST, Pack, PackError, sha256_of
+from .packs.pack import MANIFEST, Pack, sha256_of
 
 FILE = "directions.safetensors"
 

@@ -15,7 +15,6 @@ from PIL import Image
 
 from .imageio import ImageError, image_to_tensor, load_image, make_grid, save_image, tensor_to_images
 from .latents import SUFFIX, load_latent, save_latent
-from .methods.base import Inversion
 
 
 @dataclass

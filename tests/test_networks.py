@@ -1,6 +1,5 @@
 """The StyleGAN2 core: official sizes, the resampling convolution's definition, and the synthesis entry points."""
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F

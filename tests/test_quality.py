@@ -1,6 +1,5 @@
 """Quality metrics: FID, precision/recall and the domain network's interfaces."""
 
-import numpy as np
 import torch
 
 from stylecli.bench.quality import frechet_distance, precision_recall

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 import torch
+from PIL import Image
 from pytorch_msssim import ms_ssim, ssim
 
 from ..data.render import ATTRIBUTES
@@ -59,7 +60,7 @@ def image_metrics(x: torch.Tensor, y: torch.Tensor, losses: LossNetworks) -> dic
 
 @torch.no_grad()
 def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, batch: int = 16,
-                       timing_images: int = 20) -> tuple[dict, "Image"]:
+                       timing_images: int = 20) -> tuple[dict, Image.Image]:
     x, _ = load_set(set_name, count, method.resolution)
     recon = torch.cat([method.invert(chunk).image for chunk in x.split(batch)])
     row = {"set": set_name, "count": count, **image_metrics(x, recon, losses)}

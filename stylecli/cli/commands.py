@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from .common import DEFAULT_MODEL, DeviceOption, ModelOption, UsageError, console, progress_bar
+from .common import DeviceOption, ModelOption, UsageError, console, progress_bar
 
 METHOD_HELP = "Inversion method: e4e, idinvert, fwplus, sfe or samm."
 

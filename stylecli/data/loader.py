@@ -18,6 +18,7 @@ class ImageSource:
 
     data -- "synth" to render training faces from random seeds, or a folder of images (resized to `resolution`).
     rank/world_size -- each process of a distributed run draws a disjoint stream.
+    `rng` is the stream's state (checkpointed by the trainers).
     """
 
     def __init__(self, data: str, resolution: int, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -42,11 +43,6 @@ class ImageSource:
     def batch(self, n: int) -> torch.Tensor:
         return torch.cat([self._one() for _ in range(n)])
 
-    def state(self) -> dict:
-        return {"bit_generator": self.rng.bit_generator.state}
-
-    def load_state(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["bit_generator"]
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:

@@ -17,7 +17,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 
 SUPERSAMPLE = 4
 

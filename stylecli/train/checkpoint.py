@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import tempfile
@@ -27,6 +28,15 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return run_dir / CHECKPOINT
+
+
+def rng_state(rng: np.random.Generator) -> str:
+    """A numpy generator's state as text (its 128-bit integers would not survive a weights-only load otherwise)."""
+    return repr(rng.bit_generator.state)
+
+
+def set_rng_state(rng: np.random.Generator, text: str) -> None:
+    rng.bit_generator.state = ast.literal_eval(text)
 
 
 def load_checkpoint(run_dir: Path) -> dict | None:

@@ -21,7 +21,7 @@ from ..data.domainnet import CONTINUOUS, DomainNet
 from ..data.render import ATTRIBUTES, HAIR_STYLES, render, resample_appearance, sample_params
 from ..data.sets import TRAIN_SEED_LIMIT, make_sample
 from ..imageio import image_to_tensor
-from .checkpoint import MetricsLog, StepTrainer, load_checkpoint, save_checkpoint
+from .checkpoint import MetricsLog, StepTrainer, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 
 # Scale of each continuous target, so every regression term weighs about the same.
 RANGES = {name: ATTRIBUTES.get(name, (0.0, 1.0)) for name in CONTINUOUS}
@@ -71,13 +71,12 @@ class DomainNetTrainer(StepTrainer):
             self.net.load_state_dict(state["net"])
             self.opt.load_state_dict(state["opt"])
             self.step, self.elapsed = state["step"], state["elapsed"]
-            import ast
-            self.rng.bit_generator.state = ast.literal_eval(state["rng"])
+            set_rng_state(self.rng, state["rng"])
             torch.set_rng_state(state["torch_rng"])
 
     def save(self):
         save_checkpoint(self.run_dir, {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                                       "elapsed": self.elapsed, "rng": repr(self.rng.bit_generator.state),
+                                       "elapsed": self.elapsed, "rng": rng_state(self.rng),
                                        "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg)})
 
     def _batch(self):

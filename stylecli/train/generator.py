@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..core.networks import Discriminator, Generator
 from ..data.loader import ImageSource
 from ..imageio import make_grid, save_image, tensor_to_images
-from .checkpoint import MetricsLog, load_checkpoint, save_checkpoint
+from .checkpoint import MetricsLog, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import DistContext, all_mean, average_gradients, broadcast_module, init_distributed
 
 
@@ -103,7 +103,7 @@ class GeneratorTrainer:
                 "G_ema": self.G_ema.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
                 "step": self.step, "nimg": self.nimg, "pl_mean": self.pl_mean.cpu(), "elapsed": self.elapsed,
                 "torch_rng": torch.get_rng_state(), "gen_rng": self.gen.get_state(),
-                "source": {k: repr(v) for k, v in self.source.state().items()}}
+                "source_rng": rng_state(self.source.rng)}
 
     def _restore(self) -> None:
         state = load_checkpoint(self.run_dir)
@@ -122,8 +122,7 @@ class GeneratorTrainer:
         self.pl_mean = state["pl_mean"].to(self.ctx.device)
         torch.set_rng_state(state["torch_rng"])
         self.gen.set_state(state["gen_rng"])
-        import ast
-        self.source.load_state({k: ast.literal_eval(v) for k, v in state["source"].items()})
+        set_rng_state(self.source.rng, state["source_rng"])
 
     def save(self) -> None:
         if self.ctx.is_main:

@@ -9,11 +9,9 @@ The encoder is optimised with Ranger (RAdam + Lookahead), lr 1e-4.
 
 from __future__ import annotations
 
-import ast
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,7 +19,8 @@ from torch import nn
 from ...data.loader import ImageSource
 from ...losses import LossNetworks
 from ...packs import Pack
-from ...train.checkpoint import MetricsLog, StepTrainer, load_checkpoint, save_checkpoint
+from ...train.checkpoint import (MetricsLog, StepTrainer, load_checkpoint, rng_state, save_checkpoint,
+                                 set_rng_state)
 from ...train.optim import ranger
 from .encoder import Encoder4Editing, EncoderConfig
 
@@ -96,13 +95,13 @@ class E4ETrainer(StepTrainer):
             self.step, self.elapsed = state["step"], state["elapsed"]
             self.pool = list(state["pool"])
             torch.set_rng_state(state["torch_rng"])
-            self.source.load_state({k: ast.literal_eval(v) for k, v in state["source"].items()})
+            set_rng_state(self.source.rng, state["source_rng"])
 
     def save(self):
         save_checkpoint(self.run_dir, {
             "E": self.E.state_dict(), "D": self.D.state_dict(), "opt_E": self.opt_E.state_dict(),
             "opt_D": self.opt_D.state_dict(), "step": self.step, "elapsed": self.elapsed, "pool": self.pool,
-            "torch_rng": torch.get_rng_state(), "source": {k: repr(v) for k, v in self.source.state().items()},
+            "torch_rng": torch.get_rng_state(), "source_rng": rng_state(self.source.rng),
             "config": asdict(self.cfg), "encoder_config": self.E.config, "pack": self.pack_name})
 
     def active_rows(self) -> int:
