@@ -60,8 +60,10 @@ def invert(
     Example: stylecli invert photos/ -o out/ --method e4e
     """
     from ..imageio import list_images
+    from ..methods import get_method
     from ..pipeline import invert_files
 
+    get_method(method)  # a bad method name is reported before anything is read
     files = list_images(input)
     if not files:
         raise UsageError(f"{input}: no images found")
@@ -94,7 +96,10 @@ def edit(
     from ..directions import DirectionError, get_direction
     from ..imageio import list_images
     from ..latents import SUFFIX
+    from ..methods import get_method
     from ..pipeline import edit_files, parse_strengths
+
+    get_method(method)
 
     if len(strength) == 1 and len(direction) > 1:
         strength = strength * len(direction)
