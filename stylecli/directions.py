@@ -22,6 +22,7 @@ import pickle
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -99,8 +100,9 @@ def _layer_mask(num_ws: int, layers: tuple[int, int] | None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_labelled(G, predictor, count: int, seed: int = 0, batch: int = 100) -> tuple[torch.Tensor, dict]:
-    """W samples [count, w_dim] and the predictor's labels of their images."""
+def sample_labelled(G, predictor, count: int, seed: int = 0, batch: int = 100,
+                    on_batch: Callable[[int], None] = lambda n: None) -> tuple[torch.Tensor, dict]:
+    """W samples [count, w_dim] and the predictor's labels of their images; on_batch(n) after each batch."""
     gen = torch.Generator().manual_seed(seed)
     ws, labels = [], {}
     for start in range(0, count, batch):
@@ -110,6 +112,7 @@ def sample_labelled(G, predictor, count: int, seed: int = 0, batch: int = 100) -
         ws.append(w[:, 0])
         for name, value in predictor.predict(images).items():
             labels.setdefault(name, []).append(value)
+        on_batch(len(z))
     return torch.cat(ws), {k: torch.cat(v) for k, v in labels.items()}
 
 

@@ -54,7 +54,8 @@ def generator_command(
         if dt == "fp16" and dev.type != "cuda":
             raise UsageError("fp16 timing needs --device cuda")
         for n in batch:
-            m = bench_generator(G, dev, batch=n, dtype=dt, repeats=repeats)
+            with console.status(f"timing batch {n} {dt}"):
+                m = bench_generator(G, dev, batch=n, dtype=dt, repeats=repeats)
             per_img = m.median / n
             row = {"model": label, "device": str(dev), "dtype": dt, "batch": n, "seconds_per_image": per_img,
                    "images_per_second": 1 / per_img, "peak_bytes": m.peak_bytes,
@@ -101,7 +102,8 @@ def _quality_table(model: Optional[str], count: int, json_output: bool) -> None:
     pack = Pack.open(model)
     if not pack.has("domainnet"):
         raise UsageError(f"pack {pack.name!r} has no domain network to measure with")
-    result = generator_quality(pack.generator(), pack.load("domainnet"), count=count)
+    with console.status(f"generating, rendering and embedding {count} + {count} images"):
+        result = generator_quality(pack.generator(), pack.load("domainnet"), count=count)
     table = Table("metric", "value", "target", title=f"{pack.name}: {count} generated vs {count} rendered images")
     table.add_row("domain FID", f"{result['fid']:.3f}", "lower is better")
     table.add_row("precision (k=3)", f"{result['precision']:.3f}", ">= 0.70")
@@ -143,7 +145,8 @@ def inversion_command(
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
         for set_name in sets:
-            row, comparison = evaluate_inversion(runner, losses, set_name, count)
+            with console.status(f"{name} on {set_name} ({count} images)"):
+                row, comparison = evaluate_inversion(runner, losses, set_name, count)
             row["method"] = name
             rows.append(row)
             save_image(comparison, out / f"{name}_{set_name}.png")
@@ -182,7 +185,9 @@ def editing_command(
             d: v for d, v in load_directions(pack).items() if v.kind == "interfacegan"}
         if not chosen:
             raise UsageError(f"pack {pack.name!r} has no fitted directions (see `stylecli directions fit`)")
-        for row in evaluate_editing(runner, losses, chosen, count, strength):
+        with console.status(f"{name}: {len(chosen)} directions on {count} images"):
+            edited_rows = evaluate_editing(runner, losses, chosen, count, strength)
+        for row in edited_rows:
             row["method"] = name
             rows.append(row)
             table.add_row(name, row["direction"], f"{row['target_change_std']:+.2f}", f"{row['target_change_per_unit']:+.2f}",

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ModelOption, UsageError, console
+from .common import ModelOption, UsageError, console, progress_bar
 
 directions_app = typer.Typer(help="Edit directions of a pack: list, fit, PCA, import.", no_args_is_help=True)
 
@@ -56,7 +56,8 @@ def fit_command(
         raise UsageError(f"pack {pack.name!r} has no attribute predictor to label samples with")
     G = pack.generator()
     cond = [get_direction(pack, c) for c in condition]
-    data = sample_labelled(G, nets.attributes, samples, seed)
+    with progress_bar("generating and labelling samples", samples) as advance:
+        data = sample_labelled(G, nets.attributes, samples, seed, on_batch=advance)
     fitted = [fit_direction(G, nets.attributes, a, layers=parse_layers(layers), condition=cond, samples=data) for a in attribute]
     save_directions(pack, fitted)
     for d in fitted:
@@ -75,7 +76,8 @@ def pca_command(model: str = ModelOption, components: int = typer.Option(10, "--
     from ..directions import parse_layers, pca_directions, save_directions
 
     pack = _pack(model)
-    found = pca_directions(pack.generator(), samples, components, layers=parse_layers(layers))
+    with console.status(f"PCA of {samples} W samples"):
+        found = pca_directions(pack.generator(), samples, components, layers=parse_layers(layers))
     save_directions(pack, found)
     console.print(f"added {len(found)} PCA directions to {pack.name}")
 
