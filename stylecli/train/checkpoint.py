@@ -17,8 +17,9 @@ CHECKPOINT = "checkpoint.pt"
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
-    """Write `state` to run_dir/checkpoint.pt atomically (temporary file + rename)."""
+    """Write `state` (plus this process's hardware) to run_dir/checkpoint.pt atomically (temporary file + rename)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    state = {**state, "hardware": hardware()}
     fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
     os.close(fd)
     try:
@@ -28,6 +29,19 @@ def save_checkpoint(run_dir: Path, state: dict) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return run_dir / CHECKPOINT
+
+
+def hardware() -> str:
+    """Where this process trains: CPU model, torch threads, GPU (recorded in checkpoints, then in packs)."""
+    import platform
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads, {gpu}"
 
 
 def rng_state(rng: np.random.Generator) -> str:

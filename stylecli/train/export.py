@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import platform
 from pathlib import Path
-
-import torch
 
 from ..core.networks import Discriminator, Generator
 from ..data.domainnet import DomainNet
 from .checkpoint import MetricsLog, load_checkpoint
 
-
-def _hardware() -> str:
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {gpu}"
 
 
 def generator_from_run(run_dir: Path) -> tuple[dict, dict]:
@@ -30,8 +23,8 @@ def generator_from_run(run_dir: Path) -> tuple[dict, dict]:
     D.load_state_dict(state["D"])
     metrics = MetricsLog(run_dir / "metrics.jsonl").read()
     record = {"trained_by": "stylecli train generator", "config": cfg, "kimg": state["nimg"] / 1000,
-              "steps": state["step"], "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": _hardware(),
-              "last_metrics": metrics[-1] if metrics else None}
+              "steps": state["step"], "wall_time_h": round(state["elapsed"] / 3600, 2),
+              "hardware": state.get("hardware", "not recorded"), "last_metrics": metrics[-1] if metrics else None}
     return {"generator": G, "discriminator": D}, record
 
 
@@ -43,6 +36,6 @@ def domainnet_from_run(run_dir: Path) -> tuple[dict, dict]:
     net.load_state_dict(state["net"])
     metrics = MetricsLog(run_dir / "metrics.jsonl").read()
     record = {"trained_by": "stylecli train domainnet", "config": state["config"], "steps": state["step"],
-              "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": _hardware(),
+              "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": state.get("hardware", "not recorded"),
               "last_metrics": metrics[-1] if metrics else None}
     return {"domainnet": net}, record

@@ -165,5 +165,6 @@ def encoder_from_run(run_dir: Path) -> tuple[dict, dict]:
     E.load_state_dict(state["E"])
     metrics = MetricsLog(run_dir / "metrics.jsonl").read()
     record = {"trained_by": "stylecli train e4e", "config": state["config"], "steps": state["step"],
-              "wall_time_h": round(state["elapsed"] / 3600, 2), "last_metrics": metrics[-1] if metrics else None}
+              "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": state.get("hardware", "not recorded"),
+              "last_metrics": metrics[-1] if metrics else None}
     return {"e4e_encoder": E}, record
