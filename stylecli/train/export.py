@@ -10,11 +10,16 @@ from .checkpoint import MetricsLog, load_checkpoint
 
 
 
-def generator_from_run(run_dir: Path) -> tuple[dict, dict]:
-    """{"generator": G_ema, "discriminator": D} and their record (config, kimg, wall time, last metrics)."""
+def load_run(run_dir: Path) -> dict:
     state = load_checkpoint(run_dir)
     if state is None:
         raise FileNotFoundError(f"{run_dir}: no checkpoint.pt")
+    return state
+
+
+def generator_from_run(run_dir: Path) -> tuple[dict, dict]:
+    """{"generator": G_ema, "discriminator": D} and their record (config, kimg, wall time, last metrics)."""
+    state = load_run(run_dir)
     cfg = state["config"]
     G = Generator(z_dim=cfg["z_dim"], w_dim=cfg["w_dim"], img_resolution=cfg["resolution"],
                   mapping_layers=cfg["mapping_layers"], channel_base=cfg["channel_base"], channel_max=cfg["channel_max"])
@@ -29,13 +34,15 @@ def generator_from_run(run_dir: Path) -> tuple[dict, dict]:
 
 
 def domainnet_from_run(run_dir: Path) -> tuple[dict, dict]:
-    state = load_checkpoint(run_dir)
-    if state is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt")
+    state = load_run(run_dir)
     net = DomainNet()
     net.load_state_dict(state["net"])
+    return {"domainnet": net}, step_run_record(run_dir, state, "stylecli train domainnet")
+
+
+def step_run_record(run_dir: Path, state: dict, trained_by: str) -> dict:
+    """The provenance of a step-counted run: command, config, steps, wall time, hardware, last metrics."""
     metrics = MetricsLog(run_dir / "metrics.jsonl").read()
-    record = {"trained_by": "stylecli train domainnet", "config": state["config"], "steps": state["step"],
-              "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": state.get("hardware", "not recorded"),
-              "last_metrics": metrics[-1] if metrics else None}
-    return {"domainnet": net}, record
+    return {"trained_by": trained_by, "config": state["config"], "steps": state["step"],
+            "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": state.get("hardware", "not recorded"),
+            "last_metrics": metrics[-1] if metrics else None}

@@ -21,6 +21,7 @@ from ...losses import LossNetworks
 from ...packs import Pack
 from ...train.checkpoint import (MetricsLog, StepTrainer, load_checkpoint, rng_state, save_checkpoint,
                                  set_rng_state)
+from ...train.export import load_run, step_run_record
 from ...train.optim import ranger
 from .encoder import Encoder4Editing, EncoderConfig
 
@@ -158,13 +159,7 @@ class E4ETrainer(StepTrainer):
 
 def encoder_from_run(run_dir: Path) -> tuple[dict, dict]:
     """{"e4e_encoder": E} from a run folder, with its training record."""
-    state = load_checkpoint(run_dir)
-    if state is None:
-        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt")
+    state = load_run(run_dir)
     E = Encoder4Editing(**state["encoder_config"])
     E.load_state_dict(state["E"])
-    metrics = MetricsLog(run_dir / "metrics.jsonl").read()
-    record = {"trained_by": "stylecli train e4e", "config": state["config"], "steps": state["step"],
-              "wall_time_h": round(state["elapsed"] / 3600, 2), "hardware": state.get("hardware", "not recorded"),
-              "last_metrics": metrics[-1] if metrics else None}
-    return {"e4e_encoder": E}, record
+    return {"e4e_encoder": E}, step_run_record(run_dir, state, "stylecli train e4e")
