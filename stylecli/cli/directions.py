@@ -40,12 +40,13 @@ def fit_command(
     model: str = ModelOption,
     samples: int = typer.Option(5000, "--samples", min=50, help="Generated samples to fit on."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Restrict to W+ rows START-END (inclusive)."),
-    condition: list[str] = typer.Option([], "--condition", help="Keep these attributes unchanged (repeatable)."),
+    condition: list[str] = typer.Option([], "--condition", help="Directions already in the pack to stay orthogonal to "
+                                        "(conditional editing; repeatable)."),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Fit InterFaceGAN-style directions on generated samples labelled by the pack's attribute predictor.
 
-    Example: stylecli directions fit smile age --model synthface-64 --condition yaw
+    Example: stylecli directions fit yaw && stylecli directions fit smile age --condition yaw
     """
     from ..directions import fit_direction, get_direction, parse_layers, sample_labelled, save_directions
     from ..losses import LossNetworks
