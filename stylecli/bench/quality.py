@@ -59,11 +59,8 @@ def domain_outputs(net: DomainNet, images: torch.Tensor, batch: int = 250) -> tu
     for chunk in images.split(batch):
         pooled = net.pooled(chunk)
         feats.append(pooled)
-        out = net.heads(pooled)
-        preds.setdefault("glasses", []).append(torch.sigmoid(out["glasses_logit"]))
-        from ..data.domainnet import CONTINUOUS
-        for i, name in enumerate(CONTINUOUS):
-            preds.setdefault(name, []).append(out["continuous"][:, i])
+        for name, value in net.named(net.heads(pooled)).items():
+            preds.setdefault(name, []).append(value)
     return torch.cat(feats), {k: torch.cat(v) for k, v in preds.items()}
 
 

@@ -76,10 +76,14 @@ class DomainNet(nn.Module):
 
     def predict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every render parameter: continuous ones by name, 'glasses' as a probability, 'hair_style' as [N, 5]."""
-        out = self.forward(x)
-        result = {name: out["continuous"][:, i] for i, name in enumerate(CONTINUOUS)}
-        result["glasses"] = torch.sigmoid(out["glasses_logit"])
-        result["hair_style"] = out["hair_style_logits"].softmax(dim=1)
+        return self.named(self.forward(x))
+
+    @staticmethod
+    def named(heads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The outputs of `heads` as named predictions (what `predict` returns)."""
+        result = {name: heads["continuous"][:, i] for i, name in enumerate(CONTINUOUS)}
+        result["glasses"] = torch.sigmoid(heads["glasses_logit"])
+        result["hair_style"] = heads["hair_style_logits"].softmax(dim=1)
         return result
 
 
