@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,6 +27,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .fileio import atomic_path
 from .packs.pack import MANIFEST, Pack, sha256_of
 
 FILE = "directions.safetensors"
@@ -73,18 +72,14 @@ def save_directions(pack: Pack, new: list[Direction]) -> None:
         directions[d.name] = d
     tensors = {name: d.vector.detach().float().cpu().contiguous() for name, d in directions.items()}
     meta = {name: {"kind": d.kind, "info": d.info} for name, d in directions.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{FILE}.", dir=pack.root)
-    os.close(fd)
-    save_file(tensors, tmp, metadata={"directions": json.dumps(meta)})
-    os.replace(tmp, pack.root / FILE)
+    with atomic_path(pack.root / FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"directions": json.dumps(meta)})
     manifest = json.loads((pack.root / MANIFEST).read_text())
     manifest.setdefault("files", {})[FILE] = {"sha256": sha256_of(pack.root / FILE), "bytes": (pack.root / FILE).stat().st_size}
     manifest["directions"] = {name: {"kind": d.kind, **{k: v for k, v in d.info.items() if k in ("attribute", "layers")}}
                               for name, d in sorted(directions.items())}
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=pack.root)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, pack.root / MANIFEST)
+    with atomic_path(pack.root / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     pack.manifest = manifest
 
 

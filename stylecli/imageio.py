@@ -8,7 +8,6 @@ same folder, then a rename) and refuses to replace any file given as an input.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Iterable
@@ -16,6 +15,8 @@ from typing import Iterable
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .fileio import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 100_000_000  # ~10k x 10k; larger files are refused rather than decoded into many GB of memory
@@ -86,18 +87,11 @@ def save_image(img: Image.Image, path: str | os.PathLike, protected: Iterable[st
     target = path.resolve()
     if any(target == Path(p).resolve() for p in protected):
         raise ImageError(f"{path}: refusing to overwrite an input file; choose another output")
-    path.parent.mkdir(parents=True, exist_ok=True)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ImageError(f"{path}: unknown image type {path.suffix!r}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            img.save(fh, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        img.save(tmp, format=fmt)
     return path
 
 

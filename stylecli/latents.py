@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from .fileio import atomic_path
 from .methods.base import Inversion
 
 SUFFIX = ".latent.safetensors"
@@ -22,15 +21,8 @@ def save_latent(path: Path, inversion: Inversion, index: int, pack: str, method:
     tensors = {f"latent.{k}": v[index:index + 1].detach().cpu().contiguous() for k, v in inversion.latents.items()}
     tensors.update({f"extra.{k}": v[index:index + 1].detach().cpu().contiguous() for k, v in inversion.extras.items()})
     meta = {"pack": pack, "method": method, "source": source, "format": "stylecli-latent/1"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
     return path
 
 

@@ -13,6 +13,7 @@ from typing import Callable, Iterable
 import torch
 from PIL import Image
 
+from .fileio import atomic_path
 from .imageio import ImageError, image_to_tensor, load_image, make_grid, save_image, tensor_to_images
 from .latents import SUFFIX, load_latent, save_latent
 
@@ -122,10 +123,9 @@ def edit_files(method, pack_name: str, sources: list[Path], edits: list[tuple[st
                     frames = [tensor_to_images(method.edit(inversion, vector, s))[0] for s in strengths]
                     grid = save_image(make_grid(frames, columns=len(frames)), out / f"{stem}_{label}.png", protected=sources)
                     gif = out / f"{stem}_{label}.gif"
-                    tmp = gif.with_name(f".{gif.name}.tmp")
-                    frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:] + frames[-2:0:-1],
-                                   duration=120, loop=0)
-                    tmp.replace(gif)
+                    with atomic_path(gif) as tmp:
+                        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:] + frames[-2:0:-1],
+                                       duration=120, loop=0)
                     written = [grid, gif]
                 else:
                     total = sum(vector * s[0] for _, vector, s in edits)

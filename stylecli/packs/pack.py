@@ -24,6 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from ..fileio import atomic_path
+
 FORMAT = "stylecli-pack/1"
 MANIFEST = "manifest.json"
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
@@ -168,9 +170,8 @@ def write_pack(root: str | os.PathLike, name: str, networks: dict[str, nn.Module
         file = f"{net_name}.safetensors"
         state = {k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
                  for k, v in module.state_dict().items()}
-        tmp = root / f".{file}.tmp"
-        save_file(state, str(tmp), metadata={"pack": name, "network": net_name})
-        os.replace(tmp, root / file)
+        with atomic_path(root / file) as tmp:
+            save_file(state, str(tmp), metadata={"pack": name, "network": net_name})
         manifest["networks"][net_name] = {"file": file, "class": class_path(module), "config": module.config,
                                           "dtype": str(dtype).replace("torch.", "")}
         manifest["files"][file] = {"sha256": sha256_of(root / file), "bytes": (root / file).stat().st_size}
@@ -179,7 +180,6 @@ def write_pack(root: str | os.PathLike, name: str, networks: dict[str, nn.Module
         manifest["w_avg"] = {"file": manifest["networks"]["generator"]["file"], "key": "mapping.w_avg"}
     if extra:
         manifest.update(extra)
-    tmp = root / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, manifest_path)
+    with atomic_path(manifest_path) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return Pack(root, manifest)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -13,21 +12,16 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..fileio import atomic_path
+
 CHECKPOINT = "checkpoint.pt"
 
 
 def save_checkpoint(run_dir: Path, state: dict) -> Path:
     """Write `state` (plus this process's hardware) to run_dir/checkpoint.pt atomically (temporary file + rename)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     state = {**state, "hardware": hardware()}
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=run_dir)
-    os.close(fd)
-    try:
+    with atomic_path(run_dir / CHECKPOINT) as tmp:
         torch.save(state, tmp)
-        os.replace(tmp, run_dir / CHECKPOINT)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return run_dir / CHECKPOINT
 
 
