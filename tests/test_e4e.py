@@ -55,6 +55,25 @@ def test_e4e_resume_is_exact(tmp_path, pack):
         torch.testing.assert_close(resumed.E.state_dict()[key], value, msg=key)
 
 
+def test_e4e_fine_tunes_from_a_pack_or_a_run(tmp_path, pack):
+    from stylecli.packs import Pack
+    shipped = Pack.open(str(pack)).load("e4e_encoder").state_dict()
+    base = dict(model=str(pack), batch=2, steps=1, checkpoint_every=1, log_every=1)
+    from_pack = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "a"), init=str(pack), **base))
+    for key, value in shipped.items():
+        torch.testing.assert_close(from_pack.E.state_dict()[key], value, msg=key)
+    from_pack.run()
+    from_run = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), init=str(tmp_path / "a"), **base))
+    for key, value in from_pack.E.state_dict().items():
+        torch.testing.assert_close(from_run.E.state_dict()[key], value, msg=key)
+    wrong = dict(base, encoder={"widths": [8, 8, 16, 32]})
+    with pytest.raises(ValueError, match="does not fit"):
+        E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "c"), init=str(pack), **wrong))
+    out = cli("train", "e4e", "--model", str(pack), "--init", str(tmp_path / "nowhere"), "--steps", "1",
+              "--run-dir", str(tmp_path / "d"))
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
 def test_encoder_progressive_rows_and_official_configuration():
     E = Encoder4Editing(**TINY_ENCODER, input_size=32, w_dim=16, num_ws=8).eval()
     x = torch.randn(2, 3, 32, 32)

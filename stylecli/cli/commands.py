@@ -86,6 +86,8 @@ def train(
     checkpoint_kimg: float = typer.Option(4, "--checkpoint-kimg", help="Checkpoint interval in kimg."),
     sample_kimg: float = typer.Option(20, "--sample-kimg", help="Sample-grid interval in kimg."),
     steps: int = typer.Option(1500, "--steps", min=1, help="domainnet, methods: optimisation steps."),
+    init: str = typer.Option(None, "--init", help="methods: start from the networks of this run folder or pack "
+                             "(fine-tune after the pack's generator changed)."),
     device: str = DeviceOption,
 ):
     """Train a generator, the domain network, or a method's networks.
@@ -125,7 +127,7 @@ def train(
 
         cfg = E4ETrainingConfig(run_dir=str(run_dir), model=model, data=data, batch=batch, steps=steps,
                                 progressive_start=int(steps * 0.07), progressive_step=max(1, int(steps * 0.007)),
-                                checkpoint_every=max(1, min(250, steps)), device=dev)
+                                checkpoint_every=max(1, min(250, steps)), init=init, device=dev)
         trainer = _make_trainer(E4ETrainer, cfg, resume)
     else:
         _method_or_exit(target)

@@ -23,6 +23,7 @@ from ...train.checkpoint import (MetricsLog, StepTrainer, load_checkpoint, rng_s
                                  set_rng_state)
 from ...train.export import load_run, step_run_record
 from ...train.optim import ranger
+from . import NETWORK
 from .encoder import Encoder4Editing, EncoderConfig
 
 
@@ -60,6 +61,8 @@ class E4ETrainingConfig:
     progressive_start: int = 1400      # e4e: 20k of 300k steps; scaled to the run length
     progressive_step: int = 140        # e4e: 2k
     encoder: dict = field(default_factory=dict)  # EncoderConfig overrides
+    init: str | None = None            # start the encoder from this e4e run folder or pack (fine-tuning after the
+                                       # pack's generator changed); latent_avg is taken from the new generator
     checkpoint_every: int = 250
     log_every: int = 25
     seed: int = 0
@@ -77,7 +80,18 @@ class E4ETrainer(StepTrainer):
         self.losses = LossNetworks.from_pack(pack, dev)
         enc_cfg = {**asdict(EncoderConfig.for_generator(self.G.img_resolution, self.G.w_dim, self.G.num_ws)),
                    **cfg.encoder}
+        if cfg.init is not None and not resume:
+            init_cfg, init_state = _encoder_state(cfg.init)
+            enc_cfg = {**init_cfg, **cfg.encoder}
         self.E = Encoder4Editing(**enc_cfg).to(dev).train()
+        if cfg.init is not None and not resume:
+            try:
+                self.E.load_state_dict(init_state)
+            except RuntimeError as exc:
+                raise ValueError(f"--init {cfg.init}: its encoder does not fit this configuration ({exc})") from None
+        if self.E.cfg.w_dim != self.G.w_dim or self.E.cfg.num_ws != self.G.num_ws:
+            raise ValueError(f"the encoder writes {self.E.cfg.num_ws} x {self.E.cfg.w_dim} codes; the generator of "
+                             f"{cfg.model} takes {self.G.num_ws} x {self.G.w_dim}")
         with torch.no_grad():
             self.E.latent_avg.copy_(self.G.w_avg.expand(self.G.num_ws, -1))
         self.D = LatentDiscriminator(self.G.w_dim).to(dev)
@@ -154,7 +168,14 @@ class E4ETrainer(StepTrainer):
         return {"loss": loss.item(), "l2": loss_l2.item(), "perceptual": loss_p.item(), "id": loss_id.item(),
                 "delta": loss_delta.item(), "adv": loss_adv.item(), "loss_D": loss_d.item(), "active_rows": active}
 
-        self.save()
+
+def _encoder_state(source: str) -> tuple[dict, dict]:
+    """(config, state dict) of the e4e encoder in a run folder or a pack."""
+    if (Path(source) / "checkpoint.pt").is_file():
+        state = load_run(Path(source))
+        return state["encoder_config"], state["E"]
+    E = Pack.open(source).load(NETWORK)
+    return E.config, E.state_dict()
 
 
 def encoder_from_run(run_dir: Path) -> tuple[dict, dict]:
