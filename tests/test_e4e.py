@@ -38,7 +38,7 @@ def pack(tmp_path_factory):
     assert rows == [1, 2, 3, 4]  # progressive: one more delta row per step after the start
     out = cli("weights", "from-runs", str(pack), "--e4e-run", str(root / "e4e"))
     assert out.returncode == 0, out.stderr
-    out = cli("directions", "fit", "smile", "glasses", "--model", str(pack), "--samples", "60")
+    out = cli("directions", "fit", "smile", "glasses", "pose=yaw", "--model", str(pack), "--samples", "60")
     assert out.returncode == 0, out.stderr
     return pack
 
@@ -157,6 +157,7 @@ def test_directions_are_listed_with_their_fit(pack):
     assert out.returncode == 0 and "smile" in out.stderr and "glasses" in out.stderr
     manifest = json.loads((pack / "manifest.json").read_text())
     assert manifest["directions"]["smile"]["kind"] == "interfacegan"
+    assert manifest["directions"]["pose"]["attribute"] == "yaw" and "yaw" not in manifest["directions"]
     assert "directions.safetensors" in manifest["files"]
     assert cli("weights", "verify", str(pack)).returncode == 0
 
@@ -173,7 +174,7 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
     ed = cli("bench", "editing", "--method", "e4e", "--model", str(pack), "--count", "4", "-o", str(tmp_path))
     assert ed.returncode == 0, ed.stderr
     rows = json.loads((tmp_path / "editing.json").read_text())
-    assert {r["direction"] for r in rows} == {"smile", "glasses"}
+    assert {(r["direction"], r["attribute"]) for r in rows} == {("smile", "smile"), ("glasses", "glasses"), ("pose", "yaw")}
     assert all("drift_std" in r and -1 <= r["id_similarity"] <= 1 for r in rows)
 
 

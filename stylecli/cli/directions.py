@@ -36,7 +36,8 @@ def list_command(model: str = ModelOption):
 
 @directions_app.command("fit")
 def fit_command(
-    attribute: list[str] = typer.Argument(..., help="Attributes to fit (smile, yaw, age, glasses, beard, ...)."),
+    attribute: list[str] = typer.Argument(..., help="Attributes to fit (smile, yaw, age, glasses, beard, ...); "
+                                          "NAME=ATTRIBUTE stores it under another name (pose=yaw)."),
     model: str = ModelOption,
     samples: int = typer.Option(5000, "--samples", min=50, help="Generated samples to fit on."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Restrict to W+ rows START-END (inclusive)."),
@@ -46,7 +47,7 @@ def fit_command(
 ):
     """Fit InterFaceGAN-style directions on generated samples labelled by the pack's attribute predictor.
 
-    Example: stylecli directions fit yaw && stylecli directions fit smile age --condition yaw
+    Example: stylecli directions fit pose=yaw && stylecli directions fit smile age --condition pose
     """
     from ..directions import fit_direction, get_direction, parse_layers, sample_labelled, save_directions
     from ..losses import LossNetworks
@@ -59,7 +60,9 @@ def fit_command(
     cond = [get_direction(pack, c) for c in condition]
     with progress_bar("generating and labelling samples", samples) as advance:
         data = sample_labelled(G, nets.attributes, samples, seed, on_batch=advance)
-    fitted = [fit_direction(G, nets.attributes, a, layers=parse_layers(layers), condition=cond, samples=data) for a in attribute]
+    named = [a.split("=", 1)[::-1] if "=" in a else (a, a) for a in attribute]  # (attribute, name)
+    fitted = [fit_direction(G, nets.attributes, a, name=n, layers=parse_layers(layers), condition=cond, samples=data)
+              for a, n in named]
     save_directions(pack, fitted)
     for d in fitted:
         console.print(f"{d.name}: correlation of the projection with {d.info['attribute']} {d.info['correlation']:+.3f}, "
