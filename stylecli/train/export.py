@@ -9,7 +9,6 @@ from ..data.domainnet import DomainNet
 from .checkpoint import MetricsLog, load_checkpoint
 
 
-
 def load_run(run_dir: Path) -> dict:
     state = load_checkpoint(run_dir)
     if state is None:
