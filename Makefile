@@ -19,8 +19,8 @@ $(BIN)/stylecli: pyproject.toml
 venv: $(BIN)/stylecli
 
 demo: venv
-	$(BIN)/stylecli generate --model random:synth-64 --seeds 0-15 --grid -o out/demo
-	@echo "wrote out/demo/"
+	$(BIN)/stylecli edit examples/face.png --direction smile --strength 2 --method e4e -o out/demo
+	@echo "wrote out/demo/ (examples/face.png made to smile by e4e on the embedded synthface-64 pack)"
 
 test: venv
 	$(BIN)/python -m pytest -q
