@@ -63,8 +63,12 @@ def test_e4e_fine_tunes_from_a_pack_or_a_run(tmp_path, pack):
     for key, value in shipped.items():
         torch.testing.assert_close(from_pack.E.state_dict()[key], value, msg=key)
     from_pack.run()
+    # Resuming a fine-tuning run rebuilds the encoder it started from (the tiny pack's, not the default widths).
+    resumed = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "a"), **dict(base, steps=2)), resume=True)
+    assert resumed.step == 1 and resumed.E.config == from_pack.E.config
+    resumed.run()
     from_run = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), init=str(tmp_path / "a"), **base))
-    for key, value in from_pack.E.state_dict().items():
+    for key, value in resumed.E.state_dict().items():
         torch.testing.assert_close(from_run.E.state_dict()[key], value, msg=key)
     wrong = dict(base, encoder={"widths": [8, 8, 16, 32]})
     with pytest.raises(ValueError, match="does not fit"):

@@ -32,9 +32,9 @@ def test_the_pack_is_sound_and_complete(pack):
     for name in pack.networks:
         assert name in pack.manifest["provenance"], f"{name} has no training record"
     from stylecli.directions import load_directions
-    shipped = load_directions(pack)
+    shipped, G = load_directions(pack), pack.generator()
     for name in ("smile", "pose", "age", "glasses", "beard", "hair_colour", "eyebrows"):
-        assert shipped[name].vector.shape == (pack.generator().num_ws, pack.generator().w_dim)
+        assert shipped[name].vector.shape == (G.num_ws, G.w_dim)
 
 
 def test_generate_from_the_shipped_pack(tmp_path):

@@ -78,17 +78,20 @@ class E4ETrainer(StepTrainer):
         pack = Pack.open(cfg.model)
         self.G = pack.generator(dev)
         self.losses = LossNetworks.from_pack(pack, dev)
-        enc_cfg = {**asdict(EncoderConfig.for_generator(self.G.img_resolution, self.G.w_dim, self.G.num_ws)),
-                   **cfg.encoder}
-        if cfg.init is not None and not resume:
-            init_cfg, init_state = _encoder_state(cfg.init)
-            enc_cfg = {**init_cfg, **cfg.encoder}
-        self.E = Encoder4Editing(**enc_cfg).to(dev).train()
-        if cfg.init is not None and not resume:
+        state = load_checkpoint(self.run_dir) if resume else None
+        if state is not None:  # the encoder as the run built it (from --init or the defaults)
+            self.E = Encoder4Editing(**state["encoder_config"])
+        elif cfg.init is not None:
+            start = _trained_encoder(cfg.init)
+            self.E = Encoder4Editing(**{**start.config, **cfg.encoder})
             try:
-                self.E.load_state_dict(init_state)
+                self.E.load_state_dict(start.state_dict())
             except RuntimeError as exc:
                 raise ValueError(f"--init {cfg.init}: its encoder does not fit this configuration ({exc})") from None
+        else:
+            self.E = Encoder4Editing(**{**asdict(EncoderConfig.for_generator(
+                self.G.img_resolution, self.G.w_dim, self.G.num_ws)), **cfg.encoder})
+        self.E.to(dev).train()
         if self.E.cfg.w_dim != self.G.w_dim or self.E.cfg.num_ws != self.G.num_ws:
             raise ValueError(f"the encoder writes {self.E.cfg.num_ws} x {self.E.cfg.w_dim} codes; the generator of "
                              f"{cfg.model} takes {self.G.num_ws} x {self.G.w_dim}")
@@ -102,7 +105,7 @@ class E4ETrainer(StepTrainer):
         self.step, self.elapsed = 0, 0.0
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.pack_name = pack.name
-        if resume and (state := load_checkpoint(self.run_dir)) is not None:
+        if state is not None:
             self.E.load_state_dict(state["E"])
             self.D.load_state_dict(state["D"])
             self.opt_E.load_state_dict(state["opt_E"])
@@ -169,13 +172,11 @@ class E4ETrainer(StepTrainer):
                 "delta": loss_delta.item(), "adv": loss_adv.item(), "loss_D": loss_d.item(), "active_rows": active}
 
 
-def _encoder_state(source: str) -> tuple[dict, dict]:
-    """(config, state dict) of the e4e encoder in a run folder or a pack."""
+def _trained_encoder(source: str) -> Encoder4Editing:
+    """The e4e encoder of a run folder or a pack."""
     if (Path(source) / "checkpoint.pt").is_file():
-        state = load_run(Path(source))
-        return state["encoder_config"], state["E"]
-    E = Pack.open(source).load(NETWORK)
-    return E.config, E.state_dict()
+        return encoder_from_run(Path(source))[0][NETWORK]
+    return Pack.open(source).load(NETWORK)
 
 
 def encoder_from_run(run_dir: Path) -> tuple[dict, dict]:
@@ -183,4 +184,4 @@ def encoder_from_run(run_dir: Path) -> tuple[dict, dict]:
     state = load_run(run_dir)
     E = Encoder4Editing(**state["encoder_config"])
     E.load_state_dict(state["E"])
-    return {"e4e_encoder": E}, step_run_record(run_dir, state, "stylecli train e4e")
+    return {NETWORK: E}, step_run_record(run_dir, state, "stylecli train e4e")
