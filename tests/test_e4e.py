@@ -63,9 +63,11 @@ def test_e4e_fine_tunes_from_a_pack_or_a_run(tmp_path, pack):
     for key, value in shipped.items():
         torch.testing.assert_close(from_pack.E.state_dict()[key], value, msg=key)
     from_pack.run()
+    logged = [json.loads(l)["active_rows"] for l in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [from_pack.G.num_ws]  # fine-tuning keeps every row active from the first step
     # Resuming a fine-tuning run rebuilds the encoder it started from (the tiny pack's, not the default widths).
     resumed = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "a"), **dict(base, steps=2)), resume=True)
-    assert resumed.step == 1 and resumed.E.config == from_pack.E.config
+    assert resumed.step == 1 and resumed.E.config == from_pack.E.config and resumed.fine_tuning
     resumed.run()
     from_run = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), init=str(tmp_path / "a"), **base))
     for key, value in resumed.E.state_dict().items():

@@ -41,13 +41,18 @@ def fit_command(
     model: str = ModelOption,
     samples: int = typer.Option(5000, "--samples", min=50, help="Generated samples to fit on."),
     layers: Optional[str] = typer.Option(None, "--layers", help="Restrict to W+ rows START-END (inclusive)."),
-    condition: list[str] = typer.Option([], "--condition", help="Directions already in the pack to stay orthogonal to "
-                                        "(conditional editing; repeatable)."),
+    condition: list[str] = typer.Option([], "--condition", help="Directions already in the pack whose attributes the "
+                                        "edit must not change (conditional editing; repeatable)."),
+    hold: bool = typer.Option(True, "--hold/--no-hold", help="Hold every other parameter the pack's predictor labels "
+                              "(identity included) while editing the attribute."),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Fit InterFaceGAN-style directions on generated samples labelled by the pack's attribute predictor.
 
-    Example: stylecli directions fit pose=yaw && stylecli directions fit smile age --condition pose
+    A linear model of the attribute in W gives the normal; the edit moves along cov(W) @ normal, the step that changes
+    the attribute most for how unusual the code becomes, while holding the other labelled parameters.
+
+    Example: stylecli directions fit pose=yaw && stylecli directions fit smile --layers 2-5
     """
     from ..directions import fit_direction, get_direction, parse_layers, sample_labelled, save_directions
     from ..losses import LossNetworks
@@ -61,7 +66,8 @@ def fit_command(
     with progress_bar("generating and labelling samples", samples) as advance:
         data = sample_labelled(G, nets.attributes, samples, seed, on_batch=advance)
     named = [a.split("=", 1)[::-1] if "=" in a else (a, a) for a in attribute]  # (attribute, name)
-    fitted = [fit_direction(G, nets.attributes, a, name=n, layers=parse_layers(layers), condition=cond, samples=data)
+    fitted = [fit_direction(G, nets.attributes, a, name=n, layers=parse_layers(layers), condition=cond, hold=hold,
+                            samples=data)
               for a, n in named]
     save_directions(pack, fitted)
     for d in fitted:

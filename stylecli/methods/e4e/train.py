@@ -4,6 +4,7 @@ Losses as in e4e: L2 1.0, perceptual 0.8, identity 0.1 (1 - cosine), delta regul
 rows of the mean L2 norm of w_i - w_0), and a latent discriminator (3 x Linear + LeakyReLU 0.2, non-saturating loss,
 R1 gamma 10 every 16 steps, Adam 2e-5) weighted 0.1 that keeps every encoded row inside W. Progressive training:
 only w0 at first; one more delta row becomes active every `progressive_step` steps from `progressive_start`.
+A fine-tuning run (`init`) starts with every row active: its encoder has already been through the curriculum.
 The encoder is optimised with Ranger (RAdam + Lookahead), lr 1e-4.
 """
 
@@ -105,6 +106,8 @@ class E4ETrainer(StepTrainer):
         self.step, self.elapsed = 0, 0.0
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.pack_name = pack.name
+        # A fine-tuned encoder already has every delta row; only training from scratch follows the curriculum.
+        self.fine_tuning = (state["config"] if state is not None else asdict(cfg)).get("init") is not None
         if state is not None:
             self.E.load_state_dict(state["E"])
             self.D.load_state_dict(state["D"])
@@ -124,6 +127,8 @@ class E4ETrainer(StepTrainer):
 
     def active_rows(self) -> int:
         cfg = self.cfg
+        if self.fine_tuning:
+            return self.G.num_ws
         if self.step < cfg.progressive_start:
             return 1
         return min(self.G.num_ws, 2 + (self.step - cfg.progressive_start) // max(cfg.progressive_step, 1))

@@ -1,0 +1,146 @@
+"""Edit directions: the fitting math on known linear models, PCA, and import of the official file layouts."""
+
+import pickle
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from stylecli.directions import (Direction, DirectionError, edit_direction, fit_direction, import_directions,
+                                 pca_directions, scalar_labels)
+
+W_DIM, NUM_WS = 12, 4
+
+
+def anisotropic_w(n=4000, seed=0, spread=2):
+    """W samples whose variances span 10**spread, like a GAN's W; returns (w [n, W_DIM], mixing matrix)."""
+    gen = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(W_DIM, W_DIM, generator=gen) * torch.logspace(0, -spread, W_DIM)[:, None]
+    return torch.randn(n, W_DIM, generator=gen) @ mixing, mixing
+
+
+def mahalanobis_gain(w, beta, d):
+    """Change of beta.w per unit of Mahalanobis length along direction d."""
+    cov = torch.cov(w.double().t())
+    d = d.double()
+    return float(beta.double() @ d / torch.sqrt(d @ torch.linalg.solve(cov, d)))
+
+
+def test_edit_direction_is_the_covariance_mapped_normal_and_the_most_efficient():
+    w, _ = anisotropic_w()
+    beta = torch.randn(W_DIM, generator=torch.Generator().manual_seed(1))
+    d = edit_direction(w, beta / beta.norm())
+    expected = torch.cov(w.double().t()) @ beta.double()
+    assert torch.nn.functional.cosine_similarity(d.double(), expected, dim=0) > 0.9999
+    assert abs(float(d.norm()) - 1) < 1e-5
+    # No other direction (the plain normal, random ones) changes beta.w more per unit of Mahalanobis length.
+    best = mahalanobis_gain(w, beta, d)
+    assert best > 1.5 * mahalanobis_gain(w, beta, beta)
+    for k in range(20):
+        other = torch.randn(W_DIM, generator=torch.Generator().manual_seed(100 + k))
+        assert mahalanobis_gain(w, beta, other) <= best + 1e-6
+
+
+def test_edit_direction_keeps_held_quantities_fixed():
+    w, _ = anisotropic_w()
+    gen = torch.Generator().manual_seed(2)
+    beta, held_a, held_b = (torch.randn(W_DIM, generator=gen) for _ in range(3))
+    d = edit_direction(w, beta, [held_a, held_b, held_a + held_b])  # a dependent normal too (lstsq)
+    assert abs(float(held_a @ d)) < 1e-4 and abs(float(held_b @ d)) < 1e-4
+    assert float(beta @ d) > 0
+
+
+def test_fit_direction_edits_the_target_and_holds_every_other_label():
+    w, _ = anisotropic_w(spread=1)
+    gen = torch.Generator().manual_seed(3)
+    b_smile, b_age = torch.randn(W_DIM, generator=gen), torch.randn(W_DIM, generator=gen)
+    labels = {"smile": w @ b_smile + 0.01 * torch.randn(len(w), generator=gen), "age": w @ b_age,
+              "hair_style": torch.softmax(w[:, :3] * 5, dim=1)}
+    G = SimpleNamespace(num_ws=NUM_WS)
+    held = fit_direction(G, None, "smile", samples=(w, labels))
+    free = fit_direction(G, None, "smile", hold=False, samples=(w, labels))
+    assert held.vector.shape == (NUM_WS, W_DIM) and held.kind == "interfacegan"
+    assert held.info["held"] == ["age", "hair_style[0]", "hair_style[1]", "hair_style[2]"] and free.info["held"] == []
+    # Strength 1 is one standard deviation of W along the direction.
+    row = held.vector[0]
+    assert abs(float(((w - w.mean(0)) @ (row / row.norm())).std()) - float(row.norm())) < 1e-4
+    # Change of each label per unit strength, in that label's standard deviations.
+    change = {name: {label: float(d.vector[0] @ b) / float((w @ b).std()) for label, b in (("smile", b_smile), ("age", b_age))}
+              for name, d in (("held", held), ("free", free))}
+    assert change["held"]["smile"] > 0.9 and change["free"]["smile"] > 0.9
+    assert abs(change["held"]["age"]) < 0.05 < 0.3 < abs(change["free"]["age"])
+    # Layers: rows outside the range are zero.
+    ranged = fit_direction(G, None, "smile", layers=(1, 3), samples=(w, labels))
+    assert ranged.vector[[0, 3]].abs().max() == 0 and ranged.vector[1:3].abs().min() > 0
+    # Conditioning on a direction that models no attribute keeps the edit orthogonal to it.
+    pca_like = Direction("pca0", torch.randn(W_DIM, generator=gen).expand(NUM_WS, -1), "ganspace")
+    cond = fit_direction(G, None, "smile", hold=False, condition=[pca_like], samples=(w, labels))
+    assert abs(float(cond.vector[0] @ pca_like.vector[0])) < 1e-4
+    with pytest.raises(DirectionError, match="no scalar attribute 'hair_style'"):
+        fit_direction(G, None, "hair_style", samples=(w, labels))
+
+
+def test_scalar_labels_split_categoricals():
+    labels = scalar_labels({"smile": torch.zeros(5), "hair_style": torch.ones(5, 2)})
+    assert sorted(labels) == ["hair_style[0]", "hair_style[1]", "smile"] and labels["hair_style[1]"].shape == (5,)
+
+
+def test_pca_directions_find_the_main_axis_with_its_std():
+    _, mixing = anisotropic_w()
+
+    G = SimpleNamespace(num_ws=NUM_WS, z_dim=W_DIM, mapping=lambda z: (z @ mixing)[:, None].expand(-1, NUM_WS, -1))
+    found = pca_directions(G, count=5000, components=2, layers=(0, 2))
+    assert [d.name for d in found] == ["pca0", "pca1"] and found[0].info["std"] > found[1].info["std"]
+    top = torch.linalg.svd(mixing)[2][0]  # main axis of z @ mixing
+    assert abs(torch.nn.functional.cosine_similarity(found[0].vector[0], top, dim=0)) > 0.99
+    assert found[0].vector[2:].abs().max() == 0
+
+
+def test_import_interfacegan_ganspace_and_idinvert_layouts(tmp_path):
+    gen = np.random.default_rng(0)
+    flat = gen.standard_normal((1, W_DIM)).astype(np.float32)
+    np.save(tmp_path / "smile_boundary.npy", flat)
+    (d,) = import_directions(tmp_path / "smile_boundary.npy", NUM_WS, W_DIM)
+    assert d.name == "smile" and d.vector.shape == (NUM_WS, W_DIM)
+    assert torch.equal(d.vector, torch.from_numpy(flat).expand(NUM_WS, -1))
+
+    per_layer = gen.standard_normal((1, NUM_WS, W_DIM)).astype(np.float32)
+    np.save(tmp_path / "pose.npy", per_layer)
+    (d,) = import_directions(tmp_path / "pose.npy", NUM_WS, W_DIM)
+    assert torch.equal(d.vector, torch.from_numpy(per_layer[0]))
+
+    comp, std = torch.randn(3, 1, W_DIM), torch.tensor([3.0, 2.0, 1.0])
+    torch.save({"mean": torch.zeros(1, W_DIM), "comp": comp, "std": std}, tmp_path / "ganspace.pt")
+    found = import_directions(tmp_path / "ganspace.pt", NUM_WS, W_DIM, name="gs")
+    assert [x.name for x in found] == ["gs0", "gs1", "gs2"]
+    torch.testing.assert_close(found[1].vector[3], comp[1, 0] * 2.0)
+
+    boundary = gen.standard_normal((1, NUM_WS, W_DIM)).astype(np.float32)
+    np.save(tmp_path / "age_idinvert.npy", np.array({"boundary": boundary, "meta_data": {"manipulate_layers": [1, 2]}},
+                                                    dtype=object), allow_pickle=True)
+    (d,) = import_directions(tmp_path / "age_idinvert.npy", NUM_WS, W_DIM, name="age")
+    assert d.info["layers"] == [1, 2] and d.vector[[0, 3]].abs().max() == 0
+    assert torch.equal(d.vector[1:3], torch.from_numpy(boundary[0, 1:3]))
+
+
+class _Exploit:
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_import_refuses_code_and_wrong_shapes(tmp_path, capsys):
+    with open(tmp_path / "evil.npy", "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "|O", "fortran_order": False, "shape": ()})
+        pickle.dump(_Exploit(), fh)
+    with pytest.raises(DirectionError, match="refusing to load"):
+        import_directions(tmp_path / "evil.npy", NUM_WS, W_DIM)
+    assert "unpickled code ran" not in capsys.readouterr().out
+    np.save(tmp_path / "wide.npy", np.zeros((1, W_DIM + 1), np.float32))
+    with pytest.raises(DirectionError, match="does not fit W"):
+        import_directions(tmp_path / "wide.npy", NUM_WS, W_DIM)
+    np.save(tmp_path / "rows.npy", np.zeros((1, NUM_WS + 1, W_DIM), np.float32))
+    with pytest.raises(DirectionError, match="rows"):
+        import_directions(tmp_path / "rows.npy", NUM_WS, W_DIM)
+    with pytest.raises(DirectionError, match="no such file"):
+        import_directions(tmp_path / "missing.npy", NUM_WS, W_DIM)
