@@ -99,6 +99,13 @@ def _layer_mask(num_ws: int, layers: tuple[int, int] | None) -> torch.Tensor:
     return mask
 
 
+def restricted(direction: Direction, layers: tuple[int, int]) -> Direction:
+    """The direction on W+ rows [start, end) only, named NAME[START-END] (END inclusive, as typed)."""
+    start, end = layers
+    return Direction(f"{direction.name}[{start}-{end - 1}]", direction.vector * _layer_mask(len(direction.vector), layers),
+                     direction.kind, {**direction.info, "layers": [start, end]})
+
+
 @torch.no_grad()
 def sample_labelled(G, predictor, count: int, seed: int = 0, batch: int = 100,
                     on_batch: Callable[[int], None] = lambda n: None) -> tuple[torch.Tensor, dict]:

@@ -182,6 +182,14 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
     rows = json.loads((tmp_path / "editing.json").read_text())
     assert {(r["direction"], r["attribute"]) for r in rows} == {("smile", "smile"), ("glasses", "glasses"), ("pose", "yaw")}
     assert all("drift_std" in r and -1 <= r["id_similarity"] <= 1 for r in rows)
+    # Layer sweeps: every direction is also measured restricted to each range of rows.
+    ed = cli("bench", "editing", "--model", str(pack), "-d", "smile", "--layers", "0-3", "--layers", "7-7",
+             "--count", "4", "-o", str(tmp_path))
+    assert ed.returncode == 0, ed.stderr
+    rows = {r["direction"]: r for r in json.loads((tmp_path / "editing.json").read_text())}
+    assert set(rows) == {"smile", "smile[0-3]", "smile[7-7]"} and rows["smile[0-3]"]["attribute"] == "smile"
+    bad = cli("bench", "editing", "--model", str(pack), "-d", "smile", "--layers", "3-40", "--count", "2")
+    assert bad.returncode == 2 and "outside" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_image_metrics_behave():

@@ -166,15 +166,19 @@ def editing_command(
     direction: list[str] = typer.Option([], "--direction", "-d", help="Directions (default: all fitted ones)."),
     strength: float = typer.Option(2.0, "--strength", help="Edit strength."),
     count: int = typer.Option(100, "--count", min=2, help="Images from the indomain set."),
+    layers: list[str] = typer.Option([], "--layers", help="Also measure each direction restricted to W+ rows "
+                                     "START-END (inclusive; repeatable), to choose a direction's layers."),
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for editing.json."),
     device: str = DeviceOption,
 ):
     """Edit quality: target-attribute change, drift of the other attributes, identity kept.
 
-    Example: stylecli bench editing --method e4e --direction smile --strength 2
+    Example: stylecli bench editing --method e4e --direction smile --strength 2 --layers 0-3 --layers 2-5
     """
     from ..bench.inversion import evaluate_editing
-    from ..directions import get_direction, load_directions
+    from ..directions import get_direction, load_directions, parse_layers, restricted
+
+    ranges = [parse_layers(text) for text in layers]
 
     table = Table("method", "direction", "target change", "per unit", "max drift", "ID sim",
                   title=f"editing on {model} at strength {strength} ({count} images), in attribute std")
@@ -185,6 +189,7 @@ def editing_command(
             d: v for d, v in load_directions(pack).items() if v.kind == "interfacegan"}
         if not chosen:
             raise UsageError(f"pack {pack.name!r} has no fitted directions (see `stylecli directions fit`)")
+        chosen.update({r.name: r for r in [restricted(v, rows) for v in list(chosen.values()) for rows in ranges]})
         with console.status(f"{name}: {len(chosen)} directions on {count} images"):
             edited_rows = evaluate_editing(runner, losses, chosen, count, strength)
         for row in edited_rows:
