@@ -122,3 +122,11 @@ def test_data_synth_command_writes_images_labels_and_masks(tmp_path):
     assert [l["file"] for l in labels] == ["000000.png", "000001.png", "000002.png"]
     assert all("smile" in l and "ood" in l for l in labels)
     assert Image.open(tmp_path / "000001_mask.png").size == (32, 32)
+
+
+def test_rerender_reproduces_a_sample_and_applies_the_edit():
+    from stylecli.data.sets import make_sample, rerender
+    sample = make_sample("indomain", 3, 32)
+    assert rerender(sample.label, 32).tobytes() == sample.image.tobytes()
+    edited = rerender(sample.label, 32, smile=-sample.label["smile"] if abs(sample.label["smile"]) > 0.3 else 1.0)
+    assert edited.tobytes() != sample.image.tobytes()

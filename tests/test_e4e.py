@@ -188,6 +188,11 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
     assert ed.returncode == 0, ed.stderr
     rows = {r["direction"]: r for r in json.loads((tmp_path / "editing.json").read_text())}
     assert set(rows) == {"smile", "smile[0-3]", "smile[7-7]"} and rows["smile[0-3]"]["attribute"] == "smile"
+    # The renderer's exact edit as a reference: it moves the attribute and keeps the identity.
+    ed = cli("bench", "editing", "--model", str(pack), "-d", "pose", "--reference", "--count", "4", "-o", str(tmp_path))
+    assert ed.returncode == 0, ed.stderr
+    ref = [r for r in json.loads((tmp_path / "editing.json").read_text()) if r["method"] == "renderer"]
+    assert [(r["direction"], r["attribute"]) for r in ref] == [("pose", "yaw")]
     bad = cli("bench", "editing", "--model", str(pack), "-d", "smile", "--layers", "3-40", "--count", "2")
     assert bad.returncode == 2 and "outside" in bad.stderr and "Traceback" not in bad.stderr
 

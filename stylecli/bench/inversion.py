@@ -20,7 +20,7 @@ from PIL import Image
 from pytorch_msssim import ms_ssim, ssim
 
 from ..data.render import ATTRIBUTES
-from ..data.sets import make_sample
+from ..data.sets import make_sample, rerender
 from ..imageio import image_to_tensor, make_grid, tensor_to_images
 from ..losses import LossNetworks
 from .quality import frechet_distance
@@ -77,33 +77,61 @@ def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, 
     return row, comparison
 
 
+def _edit_row(name: str, target: str, base: torch.Tensor, edited: torch.Tensor, losses: LossNetworks,
+              std: dict[str, float]) -> dict:
+    """Scores of one edit: base and edited images [N, 3, R, R]; attribute changes in units of `std`."""
+    predict = losses.attributes.predict
+    before, after = {}, {}
+    for b, e in zip(base.split(16), edited.split(16)):
+        for store, img in ((before, b), (after, e)):
+            for n, v in predict(img).items():
+                if n in std:
+                    store.setdefault(n, []).append(v)
+    moved = {n: torch.cat(after[n]) - torch.cat(before[n]) for n in std}
+    change = {n: float(moved[n].mean()) / max(std[n], 1e-8) for n in std}
+    drift = {n: float(moved[n].abs().mean()) / max(std[n], 1e-8) for n in std if n != target}
+    return {"direction": name, "attribute": target, "target_change_std": change.get(target, math.nan),
+            "max_drift_std": max(drift.values()) if drift else 0.0, "drift_std": drift,
+            "id_similarity": float(losses.identity(edited, base).mean())}
+
+
+def _indomain_std(labels: list[dict]) -> dict[str, float]:
+    return {n: float(np.std([l[n] for l in labels])) for n in ATTRIBUTES}
+
+
 @torch.no_grad()
 def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int = 100, strength: float = 2.0,
                      batch: int = 16) -> list[dict]:
     if losses.attributes is None:
         raise ValueError("editing metrics need the pack's attribute predictor")
     x, labels = load_set("indomain", count, method.resolution)
-    names = list(ATTRIBUTES)
-    std = {n: float(np.std([l[n] for l in labels])) for n in names}
+    inversions = [method.invert(chunk) for chunk in x.split(batch)]
+    base = torch.cat([inv.image for inv in inversions])
     rows = []
     for dname, direction in directions.items():
-        base_pred, edit_pred, sims = {}, {}, []
-        for chunk in x.split(batch):
-            inv = method.invert(chunk)
-            edited = method.edit(inv, direction.vector, strength)
-            for store, img in ((base_pred, inv.image), (edit_pred, edited)):
-                for n, v in losses.attributes.predict(img).items():
-                    if n in names:
-                        store.setdefault(n, []).append(v)
-            sims.append(losses.identity(edited, inv.image))
-        base = {n: torch.cat(v) for n, v in base_pred.items()}
-        moved = {n: torch.cat(v) for n, v in edit_pred.items()}
-        target = direction.info.get("attribute", dname)
-        change = {n: float((moved[n] - base[n]).mean()) / max(std[n], 1e-8) for n in names}
-        drift = {n: float((moved[n] - base[n]).abs().mean()) / max(std[n], 1e-8) for n in names if n != target}
-        rows.append({"direction": dname, "attribute": target, "strength": strength,
-                     "target_change_std": change.get(target, math.nan),
-                     "target_change_per_unit": change.get(target, math.nan) / strength,
-                     "max_drift_std": max(drift.values()) if drift else 0.0,
-                     "drift_std": drift, "id_similarity": float(torch.cat(sims).mean())})
+        edited = torch.cat([method.edit(inv, direction.vector, strength) for inv in inversions])
+        row = _edit_row(dname, direction.info.get("attribute", dname), base, edited, losses, _indomain_std(labels))
+        rows.append({**row, "strength": strength, "target_change_per_unit": row["target_change_std"] / strength})
+    return rows
+
+
+@torch.no_grad()
+def evaluate_reference_editing(losses: LossNetworks, attributes: dict[str, str], count: int, resolution: int,
+                               shift_std: float = 1.0) -> list[dict]:
+    """What an ideal edit scores: each `indomain` face rendered again with one attribute moved by `shift_std`
+    standard deviations (clipped to its range; glasses put on), scored like a method's edit of the rendered face.
+    attributes: row name -> attribute; names whose attribute the renderer does not have (PCA, imports) are skipped."""
+    if losses.attributes is None:
+        raise ValueError("editing metrics need the pack's attribute predictor")
+    x, labels = load_set("indomain", count, resolution)
+    std = _indomain_std(labels)
+    rows = []
+    for name, attribute in attributes.items():
+        if attribute not in ATTRIBUTES:
+            continue
+        low, high = ATTRIBUTES[attribute]
+        edited = torch.cat([image_to_tensor(rerender(label, resolution, **{attribute: (
+            high if attribute == "glasses" else float(np.clip(label[attribute] + shift_std * std[attribute], low, high)))}))
+            for label in labels])
+        rows.append({**_edit_row(name, attribute, x, edited, losses, std), "shift_std": shift_std})
     return rows

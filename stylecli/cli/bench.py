@@ -168,6 +168,8 @@ def editing_command(
     count: int = typer.Option(100, "--count", min=2, help="Images from the indomain set."),
     layers: list[str] = typer.Option([], "--layers", help="Also measure each direction restricted to W+ rows "
                                      "START-END (inclusive; repeatable), to choose a direction's layers."),
+    reference: bool = typer.Option(False, "--reference", help="Also score the renderer's exact edit (each face "
+                                   "rendered again with its attribute moved by 1 std): what an ideal edit scores."),
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for editing.json."),
     device: str = DeviceOption,
 ):
@@ -175,28 +177,34 @@ def editing_command(
 
     Example: stylecli bench editing --method e4e --direction smile --strength 2 --layers 0-3 --layers 2-5
     """
-    from ..bench.inversion import evaluate_editing
+    from ..bench.inversion import evaluate_editing, evaluate_reference_editing
     from ..directions import get_direction, load_directions, parse_layers, restricted
 
     ranges = [parse_layers(text) for text in layers]
-
     table = Table("method", "direction", "target change", "per unit", "max drift", "ID sim",
                   title=f"editing on {model} at strength {strength} ({count} images), in attribute std")
     rows = []
+
+    def add(row: dict, method_name: str, per_unit: str) -> None:
+        rows.append({**row, "method": method_name})
+        table.add_row(method_name, row["direction"], f"{row['target_change_std']:+.2f}", per_unit,
+                      f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}")
+
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
         chosen = {d: get_direction(pack, d) for d in direction} if direction else {
             d: v for d, v in load_directions(pack).items() if v.kind == "interfacegan"}
         if not chosen:
             raise UsageError(f"pack {pack.name!r} has no fitted directions (see `stylecli directions fit`)")
-        chosen.update({r.name: r for r in [restricted(v, rows) for v in list(chosen.values()) for rows in ranges]})
+        targets = {d: v.info.get("attribute", d) for d, v in chosen.items()}
+        chosen.update({r.name: r for r in [restricted(v, span) for v in list(chosen.values()) for span in ranges]})
         with console.status(f"{name}: {len(chosen)} directions on {count} images"):
-            edited_rows = evaluate_editing(runner, losses, chosen, count, strength)
-        for row in edited_rows:
-            row["method"] = name
-            rows.append(row)
-            table.add_row(name, row["direction"], f"{row['target_change_std']:+.2f}", f"{row['target_change_per_unit']:+.2f}",
-                          f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}")
+            for row in evaluate_editing(runner, losses, chosen, count, strength):
+                add(row, name, f"{row['target_change_per_unit']:+.2f}")
+    if reference:
+        with console.status(f"renderer reference on {count} images"):
+            for row in evaluate_reference_editing(losses, targets, count, runner.resolution):
+                add(row, "renderer", "(+1 std)")
     console.print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "editing.json").write_text(json.dumps(rows, indent=2))

@@ -54,6 +54,12 @@ def make_sample(set_name: str, index: int, resolution: int = 64) -> Sample:
     return Sample(render(params, resolution), label)
 
 
+def rerender(label: dict, resolution: int = 64, **changes) -> Image.Image:
+    """A plain face rendered again from its label with some parameters changed: the renderer's exact edit."""
+    fields = FaceParams.__dataclass_fields__
+    return render(FaceParams(**{k: v for k, v in {**label, **changes}.items() if k in fields}), resolution)
+
+
 # --- out-of-domain additions -------------------------------------------------------------------------------------
 
 def _render_ood(p: FaceParams, resolution: int, rng: np.random.Generator):
