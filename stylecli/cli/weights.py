@@ -114,6 +114,36 @@ def convert_command(
     console.print(f"wrote pack {dst}")
 
 
+@weights_app.command("add-loss-nets")
+def add_loss_nets_command(
+    pack: str = typer.Argument(..., help="Pack name or folder (a real-face pack, e.g. one made by `weights convert`)."),
+    lpips_alexnet: Optional[Path] = typer.Option(None, "--lpips-alexnet", help="torchvision AlexNet weights "
+                                                 "(alexnet-owt-7be5be79.pth) for the LPIPS perceptual loss."),
+    arcface: Optional[Path] = typer.Option(None, "--arcface", help="ArcFace IR-SE50 weights (model_ir_se50.pth, as "
+                                           "used by pSp and e4e) for the identity loss."),
+):
+    """Add the LPIPS and ArcFace loss networks to a pack from their usual downloads (no code from the files runs).
+
+    Example: stylecli weights add-loss-nets weights/ffhq-1024 --lpips-alexnet alexnet-owt-7be5be79.pth
+             --arcface model_ir_se50.pth
+    """
+    from ..losses import loss_network_from_file
+    from ..packs import Pack, write_pack
+
+    sources = {name: path for name, path in (("lpips_alexnet", lpips_alexnet), ("arcface", arcface)) if path}
+    if not sources:
+        raise UsageError("name at least one file: --lpips-alexnet or --arcface")
+    for path in sources.values():
+        if not path.is_file():
+            raise UsageError(f"{path}: no such file")
+    target = Pack.open(pack)
+    networks = {name: loss_network_from_file(name, path) for name, path in sources.items()}
+    for name, module in networks.items():
+        write_pack(target.root, target.name, {name: module}, int(target.manifest.get("resolution", 0)),
+                   {"converted_from": sources[name].name})
+    console.print(f"added {', '.join(networks)} to {target.root}")
+
+
 @weights_app.command("from-runs")
 def from_runs_command(
     dst: Path = typer.Argument(..., help="Pack folder to write or update."),

@@ -1,5 +1,5 @@
-"""The e4e encoder (Tov et al. 2021): IR-SE backbone, feature-pyramid taps, one map2style block per w row, and
-progressive deltas over a single base code w0.
+"""The e4e encoder (Tov et al. 2021): IR-SE backbone (`stylecli.irse`), feature-pyramid taps, one map2style block per
+w row, and progressive deltas over a single base code w0.
 
 Module names follow the official implementation (input_layer, body.i.shortcut_layer/res_layer, styles.i.convs/linear,
 latlayer1/2), so its released checkpoint maps onto this class by stripping the `encoder.` prefix. The official FFHQ
@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ...irse import input_layer, ir_se_body
 
 
 @dataclass
@@ -37,34 +39,6 @@ class EncoderConfig:
     def for_generator(cls, img_resolution: int, w_dim: int, num_ws: int) -> "EncoderConfig":
         """Rows split by resolution as in e4e: coarse = 4-8 px layers, middle = 16-32 px, fine = the rest."""
         return cls(input_size=min(img_resolution, 256), w_dim=w_dim, num_ws=num_ws, coarse_ind=3, middle_ind=7)
-
-
-class SEModule(nn.Module):
-    def __init__(self, channels: int, reduction: int = 16):
-        super().__init__()
-        self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc1 = nn.Conv2d(channels, max(channels // reduction, 1), 1, bias=False)
-        self.relu = nn.ReLU(inplace=True)
-        self.fc2 = nn.Conv2d(max(channels // reduction, 1), channels, 1, bias=False)
-        self.sigmoid = nn.Sigmoid()
-
-    def forward(self, x):
-        return x * self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
-
-
-class BottleneckIRSE(nn.Module):
-    def __init__(self, in_channels: int, depth: int, stride: int):
-        super().__init__()
-        if in_channels == depth:
-            self.shortcut_layer = nn.MaxPool2d(1, stride)
-        else:
-            self.shortcut_layer = nn.Sequential(nn.Conv2d(in_channels, depth, 1, stride, bias=False), nn.BatchNorm2d(depth))
-        self.res_layer = nn.Sequential(
-            nn.BatchNorm2d(in_channels), nn.Conv2d(in_channels, depth, 3, 1, 1, bias=False), nn.PReLU(depth),
-            nn.Conv2d(depth, depth, 3, stride, 1, bias=False), nn.BatchNorm2d(depth), SEModule(depth, 16))
-
-    def forward(self, x):
-        return self.res_layer(x) + self.shortcut_layer(x)
 
 
 class EqualLinear(nn.Module):
@@ -102,14 +76,8 @@ class Encoder4Editing(nn.Module):
         cfg = EncoderConfig(**config)
         self.config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
         self.cfg = cfg
-        self.input_layer = nn.Sequential(nn.Conv2d(3, cfg.stem, 3, 1, 1, bias=False), nn.BatchNorm2d(cfg.stem),
-                                         nn.PReLU(cfg.stem))
-        units, cin = [], cfg.stem
-        for width, count in zip(cfg.widths, cfg.units):
-            for i in range(count):
-                units.append(BottleneckIRSE(cin, width, 2 if i == 0 else 1))
-                cin = width
-        self.body = nn.Sequential(*units)
+        self.input_layer = input_layer(cfg.stem)
+        self.body = ir_se_body(cfg.stem, cfg.widths, cfg.units)
         # Taps at the ends of stages 2, 3 and 4 (units 6, 20, 23 in IR-SE50).
         ends = [sum(cfg.units[:k + 1]) - 1 for k in range(4)]
         self.taps = (ends[1], ends[2], ends[3])
