@@ -43,7 +43,6 @@ class ImageSource:
     def batch(self, n: int) -> torch.Tensor:
         return torch.cat([self._one() for _ in range(n)])
 
-
     def __iter__(self) -> Iterator[torch.Tensor]:
         while True:
             yield self._one()
