@@ -127,7 +127,9 @@ def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_re
     assert manifest["provenance"]["generator"]["kimg"] == 0.004
     assert manifest["provenance"]["domainnet"]["steps"] == 3
     bench = subprocess.run([sys.executable, "-m", "stylecli", "bench", "generator", "--model", str(pack), "--quality",
-                            "--count", "20", "--json"], capture_output=True, text=True)
+                            "--count", "20", "--floor", "--json"], capture_output=True, text=True)
     assert bench.returncode == 0, bench.stderr
     result = json.loads(bench.stdout[bench.stdout.index("{"):])
     assert result["fid"] > 0 and 0 <= result["precision"] <= 1 and set(result["attributes"]) >= {"smile", "glasses"}
+    # An untrained generator scores far from rendered-vs-rendered.
+    assert result["floor"]["fid"] < result["fid"] and result["floor"]["recall"] > result["recall"]

@@ -80,8 +80,11 @@ def rendered_images(count: int, resolution: int, seed: int = 0) -> torch.Tensor:
                       for _ in range(count)])
 
 
-def generator_quality(G: Generator, net: DomainNet, count: int = 5000, seed: int = 0) -> dict:
-    """FID, precision, recall and per-attribute mean shift (in renderer std) of G against rendered train images."""
+def generator_quality(G: Generator, net: DomainNet, count: int = 5000, seed: int = 0, floor: bool = False) -> dict:
+    """FID, precision, recall and per-attribute mean shift (in renderer std) of G against rendered train images.
+
+    floor: also the same FID/precision/recall between the rendered images and as many other rendered ones, the
+    best a generator can score at this count."""
     net.eval()
     fake_feats, fake_pred = domain_outputs(net, generated_images(G, count, seed))
     real_feats, real_pred = domain_outputs(net, rendered_images(count, G.img_resolution, seed))
@@ -91,5 +94,10 @@ def generator_quality(G: Generator, net: DomainNet, count: int = 5000, seed: int
         std = float(real_pred[name].std())
         attributes[name] = {"generated_mean": float(fake_pred[name].mean()), "rendered_mean": float(real_pred[name].mean()),
                             "shift_in_std": abs(float(fake_pred[name].mean() - real_pred[name].mean())) / max(std, 1e-8)}
-    return {"count": count, "fid": frechet_distance(real_feats, fake_feats), "precision": precision, "recall": recall,
-            "attributes": attributes}
+    result = {"count": count, "fid": frechet_distance(real_feats, fake_feats), "precision": precision, "recall": recall,
+              "attributes": attributes}
+    if floor:
+        other_feats, _ = domain_outputs(net, rendered_images(count, G.img_resolution, seed + 1))
+        p, r = precision_recall(real_feats, other_feats)
+        result["floor"] = {"fid": frechet_distance(real_feats, other_feats), "precision": p, "recall": r}
+    return result
