@@ -133,3 +133,5 @@ def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_re
     assert result["fid"] > 0 and 0 <= result["precision"] <= 1 and set(result["attributes"]) >= {"smile", "glasses"}
     # An untrained generator scores far from rendered-vs-rendered.
     assert result["floor"]["fid"] < result["fid"] and result["floor"]["recall"] > result["recall"]
+    hair = result["categories"]["hair_style"]
+    assert abs(sum(hair["generated"].values()) - 1) < 1e-6 and 0 <= hair["total_variation"] <= 1

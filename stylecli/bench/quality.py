@@ -6,6 +6,8 @@
   by the generated manifold.
 - Attributes: the mean predicted value of each editable attribute on generated versus rendered images, in units of
   the rendered images' standard deviation.
+- Categories (hair style): the share of each predicted class on both sides and their total variation distance, a
+  diagnostic for recall (a style the generator renders badly or rarely leaves real faces uncovered).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 import torch
 
 from ..core.networks import Generator
-from ..data.domainnet import DomainNet
+from ..data.domainnet import CATEGORICAL, DomainNet
 from ..data.render import ATTRIBUTES, render_seed
 from ..data.sets import TRAIN_SEED_LIMIT
 from ..imageio import image_to_tensor
@@ -94,8 +96,15 @@ def generator_quality(G: Generator, net: DomainNet, count: int = 5000, seed: int
         std = float(real_pred[name].std())
         attributes[name] = {"generated_mean": float(fake_pred[name].mean()), "rendered_mean": float(real_pred[name].mean()),
                             "shift_in_std": abs(float(fake_pred[name].mean() - real_pred[name].mean())) / max(std, 1e-8)}
+    categories = {}
+    for name, classes in CATEGORICAL.items():
+        shares = [torch.bincount(pred[name].argmax(1), minlength=len(classes)).double() / count
+                  for pred in (fake_pred, real_pred)]
+        categories[name] = {"generated": dict(zip(classes, shares[0].tolist())),
+                            "rendered": dict(zip(classes, shares[1].tolist())),
+                            "total_variation": float((shares[0] - shares[1]).abs().sum() / 2)}
     result = {"count": count, "fid": frechet_distance(real_feats, fake_feats), "precision": precision, "recall": recall,
-              "attributes": attributes}
+              "attributes": attributes, "categories": categories}
     if floor:
         other_feats, _ = domain_outputs(net, rendered_images(count, G.img_resolution, seed + 1))
         p, r = precision_recall(real_feats, other_feats)

@@ -113,7 +113,12 @@ def _quality_table(model: Optional[str], count: int, json_output: bool, floor: b
         table.add_row(label, f"{result[key]:.3f}", target, *([f"{result['floor'][key]:.3f}"] if floor else []))
     for name, a in result["attributes"].items():
         table.add_row(f"{name}: mean shift", f"{a['shift_in_std']:.3f} std", "<= 0.20")
+    for name, c in result["categories"].items():
+        table.add_row(f"{name}: total variation", f"{c['total_variation']:.3f}", "lower is better")
     console.print(table)
+    for name, c in result["categories"].items():
+        console.print(f"{name}, generated / rendered: " +
+                      ", ".join(f"{k} {c['generated'][k]:.0%} / {c['rendered'][k]:.0%}" for k in c["generated"]))
     if json_output:
         print(json.dumps(result, indent=2))
 
