@@ -102,8 +102,9 @@ def _layer_mask(num_ws: int, layers: tuple[int, int] | None) -> torch.Tensor:
 def restricted(direction: Direction, layers: tuple[int, int]) -> Direction:
     """The direction on W+ rows [start, end) only, named NAME[START-END] (END inclusive, as typed)."""
     start, end = layers
-    return Direction(f"{direction.name}[{start}-{end - 1}]", direction.vector * _layer_mask(len(direction.vector), layers),
-                     direction.kind, {**direction.info, "layers": [start, end]})
+    vector = direction.vector * _layer_mask(len(direction.vector), layers)
+    info = {**direction.info, "layers": [start, end]}
+    return Direction(f"{direction.name}[{start}-{end - 1}]", vector, direction.kind, info)
 
 
 @torch.no_grad()
@@ -194,9 +195,14 @@ def fit_direction(G, predictor, attribute: str, name: str | None = None, count: 
     y = scalars[attribute]
     binary = _is_binary(attribute, y)
     held = [a for a in scalars if a != attribute] if hold else []
-    held += [c.info["attribute"] for c in condition if c.info.get("attribute") in scalars and c.info["attribute"] not in held + [attribute]]
-    keep = [fit_normal(w, scalars[a], _is_binary(a, scalars[a])) for a in held]
-    keep += [c.vector[c.vector.norm(dim=1).argmax()].float() for c in condition if c.info.get("attribute") not in scalars]
+    unmodelled = []                      # conditions with no labelled attribute: keep the edit orthogonal to them
+    for other in condition:
+        other_attribute = other.info.get("attribute")
+        if other_attribute not in scalars:
+            unmodelled.append(other.vector[other.vector.norm(dim=1).argmax()].float())
+        elif other_attribute not in held and other_attribute != attribute:
+            held.append(other_attribute)
+    keep = [fit_normal(w, scalars[a], _is_binary(a, scalars[a])) for a in held] + unmodelled
     n = edit_direction(w, fit_normal(w, y, binary), keep)
     projection = (w - w.mean(0)) @ n
     scale = float(projection.std())

@@ -105,12 +105,13 @@ def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int 
     if losses.attributes is None:
         raise ValueError("editing metrics need the pack's attribute predictor")
     x, labels = load_set("indomain", count, method.resolution)
+    std = _indomain_std(labels)
     inversions = [method.invert(chunk) for chunk in x.split(batch)]
     base = torch.cat([inv.image for inv in inversions])
     rows = []
     for dname, direction in directions.items():
         edited = torch.cat([method.edit(inv, direction.vector, strength) for inv in inversions])
-        row = _edit_row(dname, direction.info.get("attribute", dname), base, edited, losses, _indomain_std(labels))
+        row = _edit_row(dname, direction.info.get("attribute", dname), base, edited, losses, std)
         rows.append({**row, "strength": strength, "target_change_per_unit": row["target_change_std"] / strength})
     return rows
 
@@ -130,8 +131,11 @@ def evaluate_reference_editing(losses: LossNetworks, attributes: dict[str, str],
         if attribute not in ATTRIBUTES:
             continue
         low, high = ATTRIBUTES[attribute]
-        edited = torch.cat([image_to_tensor(rerender(label, resolution, **{attribute: (
-            high if attribute == "glasses" else float(np.clip(label[attribute] + shift_std * std[attribute], low, high)))}))
-            for label in labels])
+
+        def moved(value: float) -> float:
+            return high if attribute == "glasses" else float(np.clip(value + shift_std * std[attribute], low, high))
+
+        edited = torch.cat([image_to_tensor(rerender(label, resolution, **{attribute: moved(label[attribute])}))
+                            for label in labels])
         rows.append({**_edit_row(name, attribute, x, edited, losses, std), "shift_std": shift_std})
     return rows
