@@ -131,7 +131,9 @@ def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_re
     assert bench.returncode == 0, bench.stderr
     result = json.loads(bench.stdout[bench.stdout.index("{"):])
     assert result["fid"] > 0 and 0 <= result["precision"] <= 1 and set(result["attributes"]) >= {"smile", "glasses"}
-    # An untrained generator scores far from rendered-vs-rendered.
-    assert result["floor"]["fid"] < result["fid"] and result["floor"]["recall"] > result["recall"]
+    # An untrained generator scores far from rendered-vs-rendered. Precision is the robust signal here: its blurry
+    # samples sit off the rendered manifold, while recall on 20 samples of a 3-step domain net flips with the thread
+    # count (measured: 0.45-0.85 against a floor of 0.8-0.9).
+    assert result["floor"]["fid"] < result["fid"] and result["floor"]["precision"] > result["precision"]
     hair = result["categories"]["hair_style"]
     assert abs(sum(hair["generated"].values()) - 1) < 1e-6 and 0 <= hair["total_variation"] <= 1
