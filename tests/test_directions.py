@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stylecli.directions import (Direction, DirectionError, edit_direction, fit_direction, import_directions,
-                                 pca_directions, scalar_labels)
+                                 mean_gradients, pca_directions, sample_labelled, scalar_labels)
 
 W_DIM, NUM_WS = 12, 4
 
@@ -79,6 +79,62 @@ def test_fit_direction_edits_the_target_and_holds_every_other_label():
     assert abs(float(cond.vector[0] @ pca_like.vector[0])) < 1e-4
     with pytest.raises(DirectionError, match="no scalar attribute 'hair_style'"):
         fit_direction(G, None, "hair_style", samples=(w, labels))
+
+
+class ToyGenerator(torch.nn.Module):
+    """A generator with a skewed W (like a GAN's, after its mapping MLP) whose W+ rows each feed a different
+    non-linear image region: smile reads rows 0-1; beard reads rows 1-3 and grows with the square of smile's feature,
+    which a linear model of beard in W captures only in part."""
+    num_ws, w_dim, z_dim = NUM_WS, W_DIM, W_DIM
+
+    def __init__(self):
+        super().__init__()
+        self.mix = anisotropic_w(n=1, spread=1)[1]
+
+    def mapping(self, z):
+        return torch.exp(z @ self.mix)[:, None].repeat(1, NUM_WS, 1)
+
+    def synthesis(self, ws, noise_mode="const"):
+        return torch.tanh(ws).reshape(len(ws), 1, NUM_WS, W_DIM)
+
+
+class ToyPredictor:
+    editable_attributes = ("smile", "beard")
+
+    def predict(self, image):
+        rows = image[:, 0]
+        smile = rows[:, :2, 0].sum(1)
+        return {"smile": smile, "beard": rows[:, 1:, 1].sum(1) + smile ** 2}
+
+
+def test_mean_gradients_match_finite_differences():
+    G, P = ToyGenerator(), ToyPredictor()
+    grads = mean_gradients(G, P, ["smile", "beard"], count=64, seed=5, batch=16)
+    assert grads["beard"].shape == (NUM_WS, W_DIM)
+    with torch.no_grad():
+        ws = G.mapping(torch.randn(64, W_DIM, generator=torch.Generator().manual_seed(5)))
+        for row, col in [(0, 0), (1, 0), (2, 1), (3, 5)]:
+            step = torch.zeros(NUM_WS, W_DIM)
+            step[row, col] = 1e-3
+            moved = (P.predict(G.synthesis(ws + step))["beard"] - P.predict(G.synthesis(ws - step))["beard"]) / 2e-3
+            assert abs(float(moved.mean()) - float(grads["beard"][row, col])) < 1e-3
+
+
+def test_gradient_holds_stop_an_edit_moving_a_non_linearly_encoded_attribute():
+    G, P = ToyGenerator(), ToyPredictor()
+    samples = sample_labelled(G, P, 3000, seed=0)
+    grads = mean_gradients(G, P, ["smile", "beard"], count=512)
+
+    def beard_change(direction):
+        ws = G.mapping(torch.randn(512, W_DIM, generator=torch.Generator().manual_seed(9)))
+        step = 0.05 * direction.vector
+        return float((P.predict(G.synthesis(ws + step))["beard"] - P.predict(G.synthesis(ws))["beard"]).mean())
+
+    for layers in (None, (1, 3)):
+        linear = fit_direction(G, P, "smile", layers=layers, samples=samples)
+        held = fit_direction(G, P, "smile", layers=layers, samples=samples, gradients=grads)
+        assert held.info["gradient_held"] == ["beard"] and linear.info["gradient_held"] == []
+        assert abs(beard_change(held)) < 0.1 * abs(beard_change(linear))
 
 
 def test_scalar_labels_split_categoricals():

@@ -45,16 +45,21 @@ def fit_command(
                                         "edit must not change (conditional editing; repeatable)."),
     hold: bool = typer.Option(True, "--hold/--no-hold", help="Hold every other parameter the pack's predictor labels "
                               "(identity included) while editing the attribute."),
+    gradient_samples: int = typer.Option(256, "--gradient-samples", min=0, help="Samples for the mean gradients that "
+                                         "hold the predictor's editable attributes to first order (0: linear models "
+                                         "only)."),
     seed: int = typer.Option(0, "--seed"),
 ):
     """Fit InterFaceGAN-style directions on generated samples labelled by the pack's attribute predictor.
 
     A linear model of the attribute in W gives the normal; the edit moves along cov(W) @ normal, the step that changes
-    the attribute most for how unusual the code becomes, while holding the other labelled parameters.
+    the attribute most for how unusual the code becomes, while holding the other labelled parameters (linear models)
+    and the predictor's editable attributes (mean gradients through the generator, to first order).
 
     Example: stylecli directions fit pose=yaw && stylecli directions fit smile --layers 2-5
     """
-    from ..directions import fit_direction, get_direction, parse_layers, sample_labelled, save_directions
+    from ..directions import (fit_direction, get_direction, mean_gradients, parse_layers, sample_labelled,
+                              save_directions)
     from ..losses import LossNetworks
 
     pack = _pack(model)
@@ -65,9 +70,14 @@ def fit_command(
     cond = [get_direction(pack, c) for c in condition]
     with progress_bar("generating and labelling samples", samples) as advance:
         data = sample_labelled(G, nets.attributes, samples, seed, on_batch=advance)
+    gradients = None
+    editable = list(getattr(nets.attributes, "editable_attributes", ()))
+    if hold and gradient_samples and editable:
+        with console.status(f"mean gradients of {', '.join(editable)} over {gradient_samples} samples"):
+            gradients = mean_gradients(G, nets.attributes, editable, gradient_samples, seed + 1)
     named = [a.split("=", 1)[::-1] if "=" in a else (a, a) for a in attribute]  # (attribute, name)
     fitted = [fit_direction(G, nets.attributes, a, name=n, layers=parse_layers(layers), condition=cond, hold=hold,
-                            samples=data)
+                            samples=data, gradients=gradients)
               for a, n in named]
     save_directions(pack, fitted)
     for d in fitted:

@@ -48,6 +48,8 @@ class DomainNet(nn.Module):
         self.glasses = nn.Linear(cin, len(BINARY))
         self.hair_style = nn.Linear(cin, len(HAIR_STYLES))
         self.embedding = nn.Sequential(nn.Linear(cin, cin), nn.ReLU(inplace=True), nn.Linear(cin, embed_dim))
+        # The predictions an edit is about (the rest describe identity): held to first order by `directions fit`.
+        self.editable_attributes = tuple(ATTRIBUTES)
         # Input normalisation: images arrive in [-1, 1].
         self.register_buffer("input_scale", torch.tensor(2.0))
 
