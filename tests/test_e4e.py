@@ -55,6 +55,34 @@ def test_e4e_resume_is_exact(tmp_path, pack):
         torch.testing.assert_close(resumed.E.state_dict()[key], value, msg=key)
 
 
+def test_two_processes_take_identical_steps_on_their_own_images(tmp_path, pack):
+    """torchrun's setting (gloo on the CPU): averaged gradients keep the ranks' encoders equal while each draws its
+    own images; rank 0 alone writes the checkpoint and the log."""
+    import torch.multiprocessing as mp
+    mp.spawn(_e4e_rank, args=(str(pack), str(tmp_path)), nprocs=2, join=True)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert not torch.equal(first["x"], second["x"])
+    for key, value in first["E"].items():
+        torch.testing.assert_close(second["E"][key], value, msg=key)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    initial = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "fresh"), model=str(pack), encoder=TINY_ENCODER)).E
+    assert any(not torch.equal(v, first["E"][k]) for k, v in initial.state_dict().items())
+
+
+def _e4e_rank(rank, pack, out):
+    import os
+    from pathlib import Path
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29541")
+    torch.set_num_threads(1)
+    trainer = E4ETrainer(E4ETrainingConfig(run_dir=str(Path(out) / "run"), model=pack, batch=4, steps=2,
+                                           progressive_start=0, encoder=TINY_ENCODER, checkpoint_every=1, log_every=1))
+    trainer.run()
+    torch.save({"E": trainer.E.state_dict(), "x": trainer.source.batch(2)}, Path(out) / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
 def test_e4e_fine_tunes_from_a_pack_or_a_run(tmp_path, pack):
     from stylecli.packs import Pack
     shipped = Pack.open(str(pack)).load("e4e_encoder").state_dict()

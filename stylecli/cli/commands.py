@@ -132,7 +132,8 @@ def train(
     else:
         _method_or_exit(target)
         raise UsageError(f"training {target!r} is not part of this build of stylecli yet")
-    _train_with_progress(trainer, f"training {target} ({run_dir}), steps", steps, trainer.step)
+    _train_with_progress(trainer, f"training {target} ({run_dir}), steps", steps, trainer.step,
+                         report=trainer.ctx.is_main)
     console.print(f"done: {trainer.step} steps; checkpoint in {run_dir}/ (add it to a pack with `stylecli weights "
                   f"from-runs`)")
 

@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_path
+from .distributed import DistContext
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -75,7 +76,10 @@ class StepTrainer:
     """The loop shared by step-counted trainers: train_step() until cfg.steps, a metrics record (means over the
     window) every cfg.log_every steps, a checkpoint every cfg.checkpoint_every steps and at the end.
 
-    Subclasses set cfg, step, elapsed, log and implement train_step() -> dict and save()."""
+    Subclasses set cfg, step, elapsed, log and implement train_step() -> dict and save(); a subclass that joins
+    torchrun's process group sets ctx, and only its rank 0 writes the log."""
+
+    ctx = DistContext()  # one process unless the subclass replaces it
 
     def log_extras(self) -> dict:
         return {}
@@ -90,7 +94,8 @@ class StepTrainer:
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 record = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
                 record.update(step=self.step, elapsed_s=round(self.elapsed, 1), **self.log_extras())
-                self.log.write(record)
+                if self.ctx.is_main:
+                    self.log.write(record)
                 window = []
                 if on_progress:
                     on_progress(self.step, record)

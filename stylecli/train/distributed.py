@@ -58,8 +58,10 @@ def all_mean(value: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return value
 
 
-def broadcast_module(module: torch.nn.Module, ctx: DistContext) -> None:
-    """Make every rank start from rank 0's parameters and buffers."""
+def broadcast_module(module: torch.nn.Module, ctx: DistContext, buffers_only: bool = False) -> None:
+    """Make every rank hold rank 0's parameters and buffers; buffers_only: just the buffers (BatchNorm running
+    statistics, which each rank updates from its own images, as DDP's broadcast_buffers does every step)."""
     if ctx.world_size > 1:
-        for tensor in list(module.parameters()) + list(module.buffers()):
+        tensors = list(module.buffers()) if buffers_only else list(module.parameters()) + list(module.buffers())
+        for tensor in tensors:
             dist.broadcast(tensor.data, src=0)

@@ -5,7 +5,8 @@ rows of the mean L2 norm of w_i - w_0), and a latent discriminator (3 x Linear +
 R1 gamma 10 every 16 steps, Adam 2e-5) weighted 0.1 that keeps every encoded row inside W. Progressive training:
 only w0 at first; one more delta row becomes active every `progressive_step` steps from `progressive_start`.
 A fine-tuning run (`init`) starts with every row active: its encoder has already been through the curriculum.
-The encoder is optimised with Ranger (RAdam + Lookahead), lr 1e-4.
+The encoder is optimised with Ranger (RAdam + Lookahead), lr 1e-4. Under torchrun each process takes batch / N images
+and its own W samples; gradients are averaged, so every process takes the same steps and rank 0 writes the run.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ from ...losses import LossNetworks
 from ...packs import Pack
 from ...train.checkpoint import (MetricsLog, StepTrainer, load_checkpoint, rng_state, save_checkpoint,
                                  set_rng_state)
+from ...train.distributed import all_mean, average_gradients, broadcast_module, init_distributed
 from ...train.export import load_run, step_run_record
 from ...train.optim import ranger
 from . import NETWORK
@@ -74,7 +77,11 @@ class E4ETrainer(StepTrainer):
     def __init__(self, cfg: E4ETrainingConfig, resume: bool = False):
         self.cfg = cfg
         self.run_dir = Path(cfg.run_dir)
-        dev = torch.device(cfg.device)
+        self.ctx = init_distributed(torch.device(cfg.device))
+        if cfg.batch % self.ctx.world_size:
+            raise ValueError(f"--batch {cfg.batch} must divide by the {self.ctx.world_size} processes")
+        self.batch_per_rank = cfg.batch // self.ctx.world_size
+        dev = self.ctx.device
         torch.manual_seed(cfg.seed)
         pack = Pack.open(cfg.model)
         self.G = pack.generator(dev)
@@ -101,7 +108,9 @@ class E4ETrainer(StepTrainer):
         self.D = LatentDiscriminator(self.G.w_dim).to(dev)
         self.opt_E = ranger(self.E.parameters(), lr=cfg.lr)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr)
-        self.source = ImageSource(cfg.data, self.G.img_resolution, seed=cfg.seed)
+        self.source = ImageSource(cfg.data, self.G.img_resolution, seed=cfg.seed, rank=self.ctx.rank,
+                                  world_size=self.ctx.world_size)
+        self.w_rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.ctx.rank)  # the latent D's real W
         self.pool: list[torch.Tensor] = []
         self.step, self.elapsed = 0, 0.0
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
@@ -116,13 +125,24 @@ class E4ETrainer(StepTrainer):
             self.step, self.elapsed = state["step"], state["elapsed"]
             self.pool = list(state["pool"])
             torch.set_rng_state(state["torch_rng"])
-            set_rng_state(self.source.rng, state["source_rng"])
+            if self.ctx.world_size == 1:
+                set_rng_state(self.source.rng, state["source_rng"])
+                if "w_rng" in state:  # runs from before w_rng keep drawing from a fresh stream
+                    self.w_rng.set_state(state["w_rng"])
+            else:  # the checkpoint holds rank 0's streams: every rank continues on its own
+                self.source.rng = np.random.default_rng([cfg.seed, self.ctx.rank, self.ctx.world_size, self.step])
+                self.w_rng.manual_seed(cfg.seed * 1000 + self.ctx.rank + 7919 * self.step)
+        broadcast_module(self.E, self.ctx)
+        broadcast_module(self.D, self.ctx)
 
     def save(self):
+        if not self.ctx.is_main:
+            return
         save_checkpoint(self.run_dir, {
             "E": self.E.state_dict(), "D": self.D.state_dict(), "opt_E": self.opt_E.state_dict(),
             "opt_D": self.opt_D.state_dict(), "step": self.step, "elapsed": self.elapsed, "pool": self.pool,
             "torch_rng": torch.get_rng_state(), "source_rng": rng_state(self.source.rng),
+            "w_rng": self.w_rng.get_state(),
             "config": asdict(self.cfg), "encoder_config": self.E.config, "pack": self.pack_name})
 
     def active_rows(self) -> int:
@@ -136,7 +156,8 @@ class E4ETrainer(StepTrainer):
     def train_step(self) -> dict:
         cfg, dev = self.cfg, next(self.E.parameters()).device
         self.E.progressive_stage = self.active_rows()
-        x = self.source.batch(cfg.batch).to(dev)
+        n = self.batch_per_rank
+        x = self.source.batch(n).to(dev)
         x_in = x if x.shape[-1] == self.E.cfg.input_size else F.interpolate(x, size=self.E.cfg.input_size, mode="area")
 
         # Encoder.
@@ -155,15 +176,17 @@ class E4ETrainer(StepTrainer):
                 + cfg.delta_weight * loss_delta + cfg.adv_weight * loss_adv)
         self.opt_E.zero_grad(set_to_none=True)
         loss.backward()
+        average_gradients(self.E, self.ctx)
         self.opt_E.step()
+        broadcast_module(self.E, self.ctx, buffers_only=True)
 
         # Latent discriminator: W samples from the mapping network versus encoded codes (with a history pool).
         self.D.requires_grad_(True)
         with torch.no_grad():
-            real = self.G.mapping(torch.randn(cfg.batch, self.G.z_dim, device=dev))[:, 0]
+            real = self.G.mapping(torch.randn(n, self.G.z_dim, generator=self.w_rng).to(dev))[:, 0]
         fake = fake_codes.detach()
-        self.pool = (self.pool + list(fake[:cfg.batch].cpu()))[-cfg.pool_size:]
-        pooled = torch.stack(self.pool[:cfg.batch]).to(dev)
+        self.pool = (self.pool + list(fake[:n].cpu()))[-cfg.pool_size:]
+        pooled = torch.stack(self.pool[:n]).to(dev)
         loss_d = F.softplus(-self.D(real)).mean() + 0.5 * (F.softplus(self.D(fake)).mean() + F.softplus(self.D(pooled)).mean())
         if self.step % cfg.d_reg_interval == 0:
             real_r1 = real.detach().requires_grad_(True)
@@ -171,10 +194,12 @@ class E4ETrainer(StepTrainer):
             loss_d = loss_d + grad.square().sum(1).mean() * (cfg.r1_gamma / 2) * cfg.d_reg_interval
         self.opt_D.zero_grad(set_to_none=True)
         loss_d.backward()
+        average_gradients(self.D, self.ctx)
         self.opt_D.step()
         self.step += 1
-        return {"loss": loss.item(), "l2": loss_l2.item(), "perceptual": loss_p.item(), "id": loss_id.item(),
-                "delta": loss_delta.item(), "adv": loss_adv.item(), "loss_D": loss_d.item(), "active_rows": active}
+        stats = {"loss": loss, "l2": loss_l2, "perceptual": loss_p, "id": loss_id, "delta": loss_delta,
+                 "adv": loss_adv, "loss_D": loss_d}
+        return {**{k: float(all_mean(v.detach(), self.ctx)) for k, v in stats.items()}, "active_rows": active}
 
 
 def _trained_encoder(source: str) -> Encoder4Editing:
