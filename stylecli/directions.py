@@ -13,9 +13,10 @@ strengths comparable across attributes and packs.
   conditional manipulation) removes, in the same metric, what would change other attributes: their normals are
   refitted on the same samples, and the direction is made to change none of them. A linear model in W captures an
   attribute the synthesis network encodes non-linearly only in part (on synthface-64 the beard normal correlates 0.22
-  with predicted beard, and a smile edit holding it still grew beards by 0.38 std), so the editable attributes the
-  predictor names are also held to first order: the mean gradient of each through generator and predictor, taken over
-  the rows the edit touches, gets the same zero-change constraint. Optionally restricted to layers.
+  with predicted beard, and a smile edit holding it still grew beards by 0.38 std on generated faces), so the editable
+  attributes the predictor names are also held to first order: the mean gradient of each through generator and
+  predictor, taken over the rows the edit touches, gets the same zero-change constraint. Optionally restricted to
+  layers.
 - pca (GANSpace): principal components of W samples; component k becomes a direction of one std along it.
 - import: InterFaceGAN boundaries (.npy, (1, w_dim) or (1, num_ws, w_dim)), GANSpace (.pt dict with mean, comp, std),
   IDInvert boundaries (.npy holding {'boundary': (1, num_ws, w_dim), 'meta_data': {'manipulate_layers': [...]}},
