@@ -236,3 +236,25 @@ def test_image_metrics_behave():
     noisy = image_metrics(x, (x + 0.1 * torch.randn_like(x)).clamp(-1, 1), losses)
     assert same["psnr"] > 90 and same["ssim"] > 0.999 and same["ms_ssim"] > 0.999 and same["l2"] == 0
     assert 20 < noisy["psnr"] < 30 and noisy["ssim"] < same["ssim"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
+def test_e4e_on_cuda_takes_cpu_images_and_matches_the_cpu_run(tmp_path, pack):
+    from stylecli.methods.e4e import E4E
+    from stylecli.packs import Pack
+
+    opened = Pack.open(str(pack))
+    on_cpu, on_gpu = E4E(opened, "cpu"), E4E(opened, "cuda")
+    x = torch.rand(3, 3, on_cpu.resolution, on_cpu.resolution) * 2 - 1
+    a, b = on_cpu.invert(x), on_gpu.invert(x)
+    assert b.image.device.type == "cpu" and b.latents["w_plus"].device.type == "cpu"
+    torch.testing.assert_close(b.latents["w_plus"], a.latents["w_plus"], atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(b.image, a.image, atol=2e-3, rtol=1e-3)
+    direction = torch.randn(a.latents["w_plus"].shape[1:])
+    torch.testing.assert_close(on_gpu.edit(b, direction, 2.0), on_cpu.edit(a, direction, 2.0), atol=2e-3, rtol=1e-3)
+    Image.new("RGB", (48, 48), (120, 90, 80)).save(tmp_path / "face.png")
+    out = cli("invert", str(tmp_path / "face.png"), "-o", str(tmp_path / "inv"), "--model", str(pack), "--device", "cuda")
+    assert out.returncode == 0, out.stderr
+    out = cli("bench", "inversion", "--model", str(pack), "--set", "indomain", "--count", "10", "--device", "cuda",
+              "-o", str(tmp_path / "bench"))
+    assert out.returncode == 0, out.stderr

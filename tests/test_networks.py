@@ -173,3 +173,14 @@ def test_second_order_gradients_flow_for_r1_and_path_length():
     (gw,) = torch.autograd.grad((out * torch.randn_like(out)).sum(), ws, create_graph=True)
     gw.square().sum().backward()
     assert G.synthesis.b8.conv0.weight.grad.abs().sum() > 0
+
+
+def test_every_tensor_a_module_holds_moves_with_it():
+    """A tensor kept as a plain attribute stays behind on .to(): the CUDA reference path once failed that way."""
+    G = Generator(**CONFIGS["tiny-32"])
+    D = Discriminator(img_resolution=32, channel_base=256, channel_max=32)
+    for net in (G, D):
+        for name, module in net.named_modules():
+            loose = [k for k, v in vars(module).items() if isinstance(v, torch.Tensor)]
+            assert not loose, f"{name or 'root'} holds {loose} outside its parameters and buffers"
+    assert G.synthesis.resample_filter is G.synthesis.block(4).resample_filter

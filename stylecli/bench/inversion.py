@@ -69,7 +69,7 @@ def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, 
         row["domain_fid"] = frechet_distance(fx, fy)
     singles = iter(x[:timing_images].split(1))
     first = next(singles)
-    m = measure(lambda: method.invert(next(singles, first)), torch.device("cpu"), warmup=1,
+    m = measure(lambda: method.invert(next(singles, first)), torch.device(getattr(method, "device", "cpu")), warmup=1,
                 repeats=min(timing_images - 1, 10))
     row["seconds_per_image"] = m.median
     row["peak_rss_bytes"] = m.peak_bytes

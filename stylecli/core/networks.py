@@ -201,10 +201,14 @@ class SynthesisNetwork(nn.Module):
             self.num_ws += block.num_conv
         self.num_ws += 1  # the last toRGB; the others share their w with the next block's first conv
         self.layer_names = [layer.name for res in self.block_resolutions for layer in self.block(res).layers]
-        self.resample_filter = self.block(4).resample_filter
 
     def block(self, res: int) -> SynthesisBlock:
         return getattr(self, f"b{res}")
+
+    @property
+    def resample_filter(self) -> torch.Tensor:
+        # A property, not a copy: a tensor attribute would stay behind on .to(device) while the buffer moves.
+        return self.block(4).resample_filter
 
     def layer(self, name: str) -> SynthesisLayer:
         if name not in self.layer_names:

@@ -24,7 +24,8 @@ class InversionMethod(Protocol):
     name: str
 
     def invert(self, images: torch.Tensor) -> Inversion:
-        """images [N, 3, R, R] in [-1, 1], aligned to the pack's domain."""
+        """images [N, 3, R, R] in [-1, 1], aligned to the pack's domain, on any device: the method computes on its
+        own and returns latents and image on the images' device."""
 
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
-        """The edited image [N, 3, R, R] for a W/W+ direction scaled by `strength`."""
+        """The edited image [N, 3, R, R] for a W/W+ direction scaled by `strength`, on the inversion's device."""

@@ -15,23 +15,28 @@ class E4E:
     name = "e4e"
 
     def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
         self.G = pack.generator(device)
         self.E = pack.load(NETWORK, device)
         self.resolution = self.G.img_resolution
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor) -> Inversion:
-        """images [N, 3, R, R] in [-1, 1] at the generator's resolution."""
+        """images [N, 3, R, R] in [-1, 1] at the generator's resolution, on any device; results on the same one."""
         size = self.E.cfg.input_size
-        x = images if images.shape[-1] == size else F.interpolate(images, size=(size, size), mode="area")
+        x = images.to(self.device)
+        x = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
         w = self.E(x)
-        return Inversion(latents={"w_plus": w}, image=self.G.synthesis(w, noise_mode="const"))
+        image = self.G.synthesis(w, noise_mode="const")
+        return Inversion(latents={"w_plus": w.to(images.device)}, image=image.to(images.device))
 
     @torch.no_grad()
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
-        """direction [num_ws, w_dim] (or [w_dim]) in W+, added `strength` times to every code."""
-        w = inversion.latents["w_plus"] + strength * direction.to(inversion.latents["w_plus"])
-        return self.G.synthesis(w, noise_mode="const")
+        """direction [num_ws, w_dim] (or [w_dim]) in W+, added `strength` times to every code; the image comes
+        back on the codes' device."""
+        codes = inversion.latents["w_plus"]
+        w = codes.to(self.device) + strength * direction.to(self.device, codes.dtype)
+        return self.G.synthesis(w, noise_mode="const").to(codes.device)
 
 
 def load(pack: Pack, device: str | torch.device = "cpu") -> E4E:
