@@ -75,6 +75,20 @@ def test_fused_and_unfused_modulated_conv_agree(up):
                                modulated_conv2d(x, w, styles, fused=False, **kw))
 
 
+@pytest.mark.parametrize("fused", [True, False])
+def test_modulated_conv_matches_the_papers_per_sample_weights(fused):
+    # StyleGAN2 eqs. 1-3 written out per sample: w' = w * s_i, w'' = w' / sqrt(sum w'^2 + eps), then a plain conv.
+    torch.manual_seed(5)
+    x, w = torch.randn(3, 4, 6, 6, dtype=torch.float64), torch.randn(5, 4, 3, 3, dtype=torch.float64)
+    styles = torch.randn(3, 4, dtype=torch.float64)
+    expected = []
+    for n in range(3):
+        modulated = w * styles[n].reshape(1, -1, 1, 1)
+        demodulated = modulated / (modulated.square().sum(dim=[1, 2, 3], keepdim=True) + 1e-8).sqrt()
+        expected.append(F.conv2d(x[n:n + 1], demodulated, padding=1))
+    torch.testing.assert_close(modulated_conv2d(x, w, styles, padding=1, fused=fused), torch.cat(expected))
+
+
 def test_demodulation_normalises_output_scale():
     torch.manual_seed(4)
     x = torch.randn(4, 64, 8, 8)
