@@ -106,6 +106,45 @@ def _average_worker(rank, store, out):
     dist.destroy_process_group()
 
 
+def test_init_continues_a_packs_generator_and_discriminator_in_a_new_run(tmp_path):
+    from stylecli.packs import write_pack
+    from stylecli.train.export import generator_from_run
+
+    GeneratorTrainer(tiny(tmp_path / "first", kimg=0.008)).run()
+    networks, record = generator_from_run(tmp_path / "first")
+    record["wall_time_h"] = 2.0
+    pack = write_pack(tmp_path / "pack", "tinypack", networks, 16, record, dtype=torch.float16)
+    trainer = GeneratorTrainer(tiny(tmp_path / "second", init=str(pack.root)))
+    shipped = pack.state_dict("generator")
+    for key, value in trainer.G.state_dict().items():     # the pack's EMA generator is both G and G_ema
+        torch.testing.assert_close(value, shipped[key].float(), msg=key)
+        torch.testing.assert_close(trainer.G_ema.state_dict()[key], value, msg=key)
+    torch.testing.assert_close(trainer.D.b16.fromrgb.weight, pack.state_dict("discriminator")["b16.fromrgb.weight"].float())
+    assert trainer.nimg == 8 and trainer.step == 2 and trainer.elapsed == 2.0 * 3600
+    assert float(trainer.pl_mean) > 0                      # estimated, not a fresh zero
+    trainer.run()                                          # up to kimg 0.016: two more steps
+    assert trainer.step == 4 and not torch.equal(trainer.G.state_dict()["mapping.fc0.weight"],
+                                                 shipped["mapping.fc0.weight"].float())
+    resumed = GeneratorTrainer(tiny(tmp_path / "second", init=str(pack.root), kimg=0.02), resume=True)
+    assert resumed.step == 4                               # the run's own checkpoint wins over --init
+
+
+def test_init_refuses_a_pack_it_cannot_continue(tmp_path):
+    from stylecli.packs import write_pack
+    from stylecli.train.export import generator_from_run
+
+    GeneratorTrainer(tiny(tmp_path / "first", kimg=0.004)).run()
+    networks, record = generator_from_run(tmp_path / "first")
+    write_pack(tmp_path / "g-only", "g-only", {"generator": networks["generator"]}, 16, record)
+    with pytest.raises(ValueError, match="no discriminator"):
+        GeneratorTrainer(tiny(tmp_path / "a", init=str(tmp_path / "g-only")))
+    write_pack(tmp_path / "both", "both", networks, 16, record)
+    with pytest.raises(ValueError, match="does not fit"):
+        GeneratorTrainer(tiny(tmp_path / "b", init=str(tmp_path / "both"), channel_max=32))
+    with pytest.raises(ValueError, match="no model pack"):
+        GeneratorTrainer(tiny(tmp_path / "c", init=str(tmp_path / "missing")))
+
+
 def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_reads(tmp_path):
     from stylecli.train.domainnet import DomainNetTrainer, DomainNetTrainingConfig
     dn_cfg = lambda steps: DomainNetTrainingConfig(run_dir=str(tmp_path / "dn"), resolution=32, identities=4,

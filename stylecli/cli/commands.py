@@ -86,8 +86,9 @@ def train(
     checkpoint_kimg: float = typer.Option(4, "--checkpoint-kimg", help="Checkpoint interval in kimg."),
     sample_kimg: float = typer.Option(20, "--sample-kimg", help="Sample-grid interval in kimg."),
     steps: int = typer.Option(1500, "--steps", min=1, help="domainnet, methods: optimisation steps."),
-    init: str = typer.Option(None, "--init", help="methods: start from the networks of this run folder or pack "
-                             "(fine-tune after the pack's generator changed)."),
+    init: str = typer.Option(None, "--init", help="generator: continue training this pack's generator and "
+                             "discriminator in a new run; methods: start from the networks of this run folder or "
+                             "pack (fine-tune after the pack's generator changed)."),
     device: str = DeviceOption,
 ):
     """Train a generator, the domain network, or a method's networks.
@@ -108,7 +109,7 @@ def train(
         cfg = GeneratorTrainingConfig(run_dir=str(run_dir), data=data, resolution=resolution, z_dim=z_dim, w_dim=z_dim,
                                       mapping_layers=mapping_layers, channel_base=channel_base, channel_max=channel_max,
                                       batch=batch, kimg=kimg, checkpoint_kimg=checkpoint_kimg, sample_kimg=sample_kimg,
-                                      device=dev)
+                                      init=init, device=dev)
         trainer = _make_trainer(GeneratorTrainer, cfg, resume)
         _train_with_progress(trainer, f"training generator ({run_dir}), images", int(kimg * 1000), trainer.nimg,
                              report=trainer.ctx.is_main)

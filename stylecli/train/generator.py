@@ -6,6 +6,9 @@ and x-flip of the reals. Adam's learning rate and betas are adjusted for the laz
 
 A run folder holds checkpoint.pt (written atomically every `checkpoint_kimg`), metrics.jsonl and samples-*.png;
 `resume=True` continues exactly where the checkpoint stopped (networks, optimisers, counters, random streams).
+`init=PACK` starts a new run from a pack's generator and discriminator instead (to continue a model whose run folder
+is gone): the pack's EMA generator becomes both G and G_ema, the image count and wall time continue from the pack's
+record, the path-length mean is estimated from the generator, and Adam starts afresh.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class GeneratorTrainingConfig:
     log_kimg: float = 1.0
     seed: int = 0
     device: str = "cpu"
+    init: str | None = None            # start from this pack's generator and discriminator (see the module doc)
 
     def generator_kwargs(self) -> dict:
         return dict(z_dim=self.z_dim, w_dim=self.w_dim, img_resolution=self.resolution, mapping_layers=self.mapping_layers,
@@ -86,8 +90,8 @@ class GeneratorTrainer:
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.grid_z = torch.from_numpy(np.random.RandomState(123).randn(16, cfg.z_dim)).float().to(dev)
         self.r1_gamma = cfg.r1_gamma if cfg.r1_gamma is not None else 0.0002 * cfg.resolution ** 2 / cfg.batch
-        if resume:
-            self._restore()
+        if not (resume and self._restore()) and cfg.init is not None:
+            self._init_from_pack(cfg.init)
         broadcast_module(self.G, self.ctx)
         broadcast_module(self.D, self.ctx)
         broadcast_module(self.G_ema, self.ctx)
@@ -105,10 +109,11 @@ class GeneratorTrainer:
                 "torch_rng": torch.get_rng_state(), "gen_rng": self.gen.get_state(),
                 "source_rng": rng_state(self.source.rng)}
 
-    def _restore(self) -> None:
+    def _restore(self) -> bool:
+        """Load the run's checkpoint; False when there is none yet."""
         state = load_checkpoint(self.run_dir)
         if state is None:
-            return
+            return False
         for key in ("resolution", "z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max"):
             if state["config"][key] != getattr(self.cfg, key):
                 raise ValueError(f"the checkpoint in {self.run_dir} has {key}={state['config'][key]}, "
@@ -123,6 +128,47 @@ class GeneratorTrainer:
         torch.set_rng_state(state["torch_rng"])
         self.gen.set_state(state["gen_rng"])
         set_rng_state(self.source.rng, state["source_rng"])
+        return True
+
+    def _init_from_pack(self, name_or_path: str) -> None:
+        from ..packs.pack import Pack, PackError
+
+        try:
+            pack = Pack.open(name_or_path)
+        except PackError as exc:
+            raise ValueError(f"--init: {exc}") from None
+        for network, module in (("generator", self.G), ("discriminator", self.D)):
+            entry = pack.networks.get(network)
+            if entry is None:
+                raise ValueError(f"--init {name_or_path}: the pack has no {network} to continue training from")
+            state = {k: v.float() if v.is_floating_point() else v for k, v in pack.state_dict(network).items()}
+            try:
+                module.load_state_dict(state)
+            except RuntimeError:
+                raise ValueError(f"--init {name_or_path}: its {network} does not fit this configuration "
+                                 f"({entry.get('config')})") from None
+        self.G_ema.load_state_dict(self.G.state_dict())
+        record = pack.manifest.get("provenance", {}).get("generator", {})
+        self.nimg = int(round(record.get("kimg", 0) * 1000))
+        self.step = int(record.get("steps", 0))
+        self.elapsed = float(record.get("wall_time_h", 0)) * 3600
+        self.pl_mean = self._path_length_mean()
+
+    def _path_length_mean(self, batches: int = 8) -> torch.Tensor:
+        """The mean path length of G, as the running mean of a long run would hold it (a fresh zero would pull every
+        path length towards zero for the first few hundred regularisation steps)."""
+        total = torch.zeros([], device=self.ctx.device)
+        for _ in range(batches):
+            ws = self._mapping(self._z(max(self.batch_gpu // 2, 1))).detach().requires_grad_(True)
+            total += self._path_lengths(ws, create_graph=False).mean().detach()
+        return all_mean(total / batches, self.ctx)
+
+    def _path_lengths(self, ws: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        """|J_w^T y| per sample for images of ws [N, num_ws, w_dim] and a random image-space y (StyleGAN2 eq. 4)."""
+        img = self.G.synthesis(ws, noise_mode="random")
+        noise = torch.randn(img.shape, generator=self.gen).to(img.device) / math.sqrt(img.shape[2] * img.shape[3])
+        (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=create_graph)
+        return grads.square().sum(2).mean(1).sqrt()
 
     def save(self) -> None:
         if self.ctx.is_main:
@@ -162,11 +208,7 @@ class GeneratorTrainer:
         stats["loss_G"] = loss_g.detach()
         # G reg: path-length regularisation on half a batch, every g_reg_interval steps.
         if cfg.pl_weight > 0 and self.step % cfg.g_reg_interval == 0:
-            ws = self._mapping(self._z(max(n // 2, 1)))
-            img = self.G.synthesis(ws, noise_mode="random")
-            noise = torch.randn(img.shape, generator=self.gen).to(dev) / math.sqrt(img.shape[2] * img.shape[3])
-            (grads,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-            lengths = grads.square().sum(2).mean(1).sqrt()
+            lengths = self._path_lengths(self._mapping(self._z(max(n // 2, 1))), create_graph=True)
             self.pl_mean = self.pl_mean.lerp(all_mean(lengths.mean().detach(), self.ctx), 0.01)
             loss_pl = (lengths - self.pl_mean).square().mean() * cfg.pl_weight * cfg.g_reg_interval
             loss_pl.backward()
