@@ -194,7 +194,7 @@ class GeneratorTrainer:
         return x
 
     def train_step(self) -> dict:
-        cfg, dev, n = self.cfg, self.ctx.device, self.batch_gpu
+        cfg, n = self.cfg, self.batch_gpu
         stats = {}
         reals = self._reals()
 
