@@ -209,7 +209,7 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
     assert ed.returncode == 0, ed.stderr
     rows = json.loads((tmp_path / "editing.json").read_text())
     assert {(r["direction"], r["attribute"]) for r in rows} == {("smile", "smile"), ("glasses", "glasses"), ("pose", "yaw")}
-    assert all("drift_std" in r and -1 <= r["id_similarity"] <= 1 for r in rows)
+    assert all("drift_std" in r and -1 <= r["id_similarity"] <= 1 and r["target_change_se"] >= 0 for r in rows)
     # Layer sweeps: every direction is also measured restricted to each range of rows.
     ed = cli("bench", "editing", "--model", str(pack), "-d", "smile", "--layers", "0-3", "--layers", "7-7",
              "--count", "4", "-o", str(tmp_path))
@@ -223,6 +223,31 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
     assert [(r["direction"], r["attribute"]) for r in ref] == [("pose", "yaw")]
     bad = cli("bench", "editing", "--model", str(pack), "-d", "smile", "--layers", "3-40", "--count", "2")
     assert bad.returncode == 2 and "outside" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_edit_scores_measure_change_in_std_with_its_standard_error():
+    from stylecli.bench.inversion import _edit_row
+    from stylecli.losses import LossNetworks
+
+    class MeanPixelPredictor:  # smile = mean of the red channel, yaw = mean of the green one
+        def predict(self, x):
+            return {"smile": x[:, 0].mean((1, 2)), "yaw": x[:, 1].mean((1, 2))}
+
+    losses = LossNetworks(None, lambda a, b: torch.ones(len(a)), MeanPixelPredictor(), 8)
+    base = torch.zeros(40, 3, 8, 8)
+    step = torch.linspace(0.1, 0.5, 40)            # per-face change of smile; yaw moves by a fixed 0.05
+    edited = base.clone()
+    edited[:, 0] += step[:, None, None]
+    edited[:, 1] += 0.05
+    row = _edit_row("smile", "smile", base, edited, losses, {"smile": 0.5, "yaw": 0.25})
+    assert row["target_change_std"] == pytest.approx(0.3 / 0.5, rel=1e-5)
+    assert row["target_change_se"] == pytest.approx(float(step.std()) / 40 ** 0.5 / 0.5, rel=1e-5)
+    assert row["drift_std"] == {"yaw": pytest.approx(0.2, rel=1e-5)} and row["max_drift_std"] == pytest.approx(0.2, rel=1e-5)
+    # The same extra change on every face moves the mean, not the error.
+    edited[:, 0] += 0.3
+    shifted = _edit_row("smile", "smile", base, edited, losses, {"smile": 0.5, "yaw": 0.25})
+    assert shifted["target_change_std"] == pytest.approx(1.2, rel=1e-5)
+    assert shifted["target_change_se"] == pytest.approx(row["target_change_se"], rel=1e-4)
 
 
 def test_image_metrics_behave():

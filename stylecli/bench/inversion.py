@@ -79,7 +79,8 @@ def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, 
 
 def _edit_row(name: str, target: str, base: torch.Tensor, edited: torch.Tensor, losses: LossNetworks,
               std: dict[str, float]) -> dict:
-    """Scores of one edit: base and edited images [N, 3, R, R]; attribute changes in units of `std`."""
+    """Scores of one edit: base and edited images [N, 3, R, R]; attribute changes in units of `std`, the target's
+    with its standard error over the N faces (how far another draw of faces could move the mean change)."""
     predict = losses.attributes.predict
     before, after = {}, {}
     for b, e in zip(base.split(16), edited.split(16)):
@@ -90,7 +91,11 @@ def _edit_row(name: str, target: str, base: torch.Tensor, edited: torch.Tensor, 
     moved = {n: torch.cat(after[n]) - torch.cat(before[n]) for n in std}
     change = {n: float(moved[n].mean()) / max(std[n], 1e-8) for n in std}
     drift = {n: float(moved[n].abs().mean()) / max(std[n], 1e-8) for n in std if n != target}
+    target_moved = moved.get(target)
+    se = (float(target_moved.std()) / math.sqrt(len(target_moved)) / max(std[target], 1e-8)
+          if target_moved is not None and len(target_moved) > 1 else math.nan)
     return {"direction": name, "attribute": target, "target_change_std": change.get(target, math.nan),
+            "target_change_se": se,
             "max_drift_std": max(drift.values()) if drift else 0.0, "drift_std": drift,
             "id_similarity": float(losses.identity(edited, base).mean())}
 

@@ -189,13 +189,14 @@ def editing_command(
     from ..directions import get_direction, load_directions, parse_layers, restricted
 
     ranges = [parse_layers(text) for text in layers]
-    table = Table("method", "direction", "target change", "per unit", "max drift", "ID sim",
+    table = Table("method", "direction", "target change ± SE", "per unit", "max drift", "ID sim",
                   title=f"editing on {model} at strength {strength} ({count} images), in attribute std")
     rows = []
 
     def add(row: dict, method_name: str, per_unit: str) -> None:
         rows.append({**row, "method": method_name})
-        table.add_row(method_name, row["direction"], f"{row['target_change_std']:+.2f}", per_unit,
+        table.add_row(method_name, row["direction"],
+                      f"{row['target_change_std']:+.2f} ± {row['target_change_se']:.2f}", per_unit,
                       f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}")
 
     for name in method:
