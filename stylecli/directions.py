@@ -100,7 +100,8 @@ def _layer_mask(num_ws: int, layers: tuple[int, int] | None) -> torch.Tensor:
     mask = torch.zeros(num_ws, 1)
     start, end = layers if layers else (0, num_ws)
     if not 0 <= start < end <= num_ws:
-        raise DirectionError(f"layers {start}-{end} are outside 0-{num_ws}")
+        raise DirectionError(f"layers {format_layers((start, end))} are outside the code's rows "
+                             f"{format_layers((0, num_ws))}")
     mask[start:end] = 1
     return mask
 
@@ -110,7 +111,7 @@ def restricted(direction: Direction, layers: tuple[int, int]) -> Direction:
     start, end = layers
     vector = direction.vector * _layer_mask(len(direction.vector), layers)
     info = {**direction.info, "layers": [start, end]}
-    return Direction(f"{direction.name}[{start}-{end - 1}]", vector, direction.kind, info)
+    return Direction(f"{direction.name}[{format_layers(layers)}]", vector, direction.kind, info)
 
 
 @torch.no_grad()
@@ -317,7 +318,8 @@ def import_directions(path: Path, num_ws: int, w_dim: int, name: str | None = No
         mask = torch.zeros(num_ws, 1)
         mask[layers] = 1
         vector = vector * mask
-    info = {"source": path.name, "layers": layers or [0, num_ws]}
+    # IDInvert names any set of rows; "layers" is the half-open range every other direction records.
+    info = {"source": path.name, **({"rows": layers} if layers else {"layers": [0, num_ws]})}
     return [Direction(stem, vector, "import", info)]
 
 
@@ -330,3 +332,9 @@ def parse_layers(text: str | None) -> tuple[int, int] | None:
     except ValueError:
         raise DirectionError(f"bad layer range {text!r}: use START-END, e.g. 0-5") from None
     return a, b + 1
+
+
+def format_layers(layers: tuple[int, int] | list[int]) -> str:
+    """The half-open (3, 7) -> '3-6', as parse_layers reads it."""
+    start, end = layers
+    return f"{start}-{end - 1}"

@@ -72,7 +72,7 @@ def test_weights_convert_info_verify_and_generate_from_the_pack(tmp_path):
     assert set(manifest["files"]) == {"generator.safetensors", "discriminator.safetensors"}
     env = {"STYLECLI_WEIGHTS": str(tmp_path / "packs")}
     listing = run("weights", "list", env=env)
-    assert "mini" in listing.stderr
+    assert "mini" in listing.stdout  # results on stdout, to pipe; messages and progress on stderr
     assert run("weights", "verify", "mini", env=env).returncode == 0
     gen = run("generate", "--model", "mini", "--seeds", "0-1", "-o", str(tmp_path / "img"), env=env)
     assert gen.returncode == 0, gen.stderr
@@ -97,7 +97,7 @@ def test_bench_generator_and_ops_print_tables():
     rows = json.loads(out.stdout)
     assert [r["batch"] for r in rows] == [1, 4]
     assert all(r["seconds_per_image"] > 0 and r["peak_bytes"] > 0 for r in rows)
-    assert "s/img" in out.stderr
+    assert "s/img" in out.stderr  # with --json, stdout holds the JSON alone and the table goes to stderr
     ops = run("bench", "ops", "--device", "cpu", "--repeats", "1")
     assert ops.returncode == 0, ops.stderr
-    assert "upsample2d" in ops.stderr and "only the reference path" in ops.stderr
+    assert "upsample2d" in ops.stdout and "only the reference path" in ops.stderr

@@ -176,7 +176,7 @@ def test_import_interfacegan_ganspace_and_idinvert_layouts(tmp_path):
     np.save(tmp_path / "age_idinvert.npy", np.array({"boundary": boundary, "meta_data": {"manipulate_layers": [1, 2]}},
                                                     dtype=object), allow_pickle=True)
     (d,) = import_directions(tmp_path / "age_idinvert.npy", NUM_WS, W_DIM, name="age")
-    assert d.info["layers"] == [1, 2] and d.vector[[0, 3]].abs().max() == 0
+    assert d.info["rows"] == [1, 2] and "layers" not in d.info and d.vector[[0, 3]].abs().max() == 0
     assert torch.equal(d.vector[1:3], torch.from_numpy(boundary[0, 1:3]))
 
 

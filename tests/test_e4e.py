@@ -1,6 +1,7 @@
 """e4e end to end on a tiny pack: training, pack assembly, directions, and invert/edit from the shell."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -186,9 +187,16 @@ def test_edit_errors_are_one_line(tmp_path, pack, args, message):
     assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
 
 
-def test_directions_are_listed_with_their_fit(pack):
+def test_directions_are_listed_with_their_fit(pack, tmp_path):
     out = cli("directions", "list", "--model", str(pack))
-    assert out.returncode == 0 and "smile" in out.stderr and "glasses" in out.stderr
+    assert out.returncode == 0 and "smile" in out.stdout and "glasses" in out.stdout
+    # Layers read as they were typed: rows 0-3 inclusive (on a copy: the other tests expect the fixture's three).
+    copy = tmp_path / "tinyface"
+    shutil.copytree(pack, copy)
+    assert cli("directions", "fit", "beard", "--layers", "0-3", "--samples", "60", "--gradient-samples", "0",
+               "--model", str(copy)).returncode == 0
+    beard = next(line for line in cli("directions", "list", "--model", str(copy)).stdout.splitlines() if "beard" in line)
+    assert " 0-3 " in beard
     manifest = json.loads((pack / "manifest.json").read_text())
     assert manifest["directions"]["smile"]["kind"] == "interfacegan"
     assert manifest["directions"]["pose"]["attribute"] == "yaw" and "yaw" not in manifest["directions"]
@@ -222,7 +230,8 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
     ref = [r for r in json.loads((tmp_path / "editing.json").read_text()) if r["method"] == "renderer"]
     assert [(r["direction"], r["attribute"]) for r in ref] == [("pose", "yaw")]
     bad = cli("bench", "editing", "--model", str(pack), "-d", "smile", "--layers", "3-40", "--count", "2")
-    assert bad.returncode == 2 and "outside" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 2 and "layers 3-40 are outside the code's rows 0-" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 def test_edit_scores_measure_change_in_std_with_its_standard_error():

@@ -9,10 +9,10 @@ from __future__ import annotations
 import sys
 
 import typer
-from rich.console import Console
 
 from .bench import bench_app
 from .commands import register_commands
+from .common import console
 from .data import data_app
 from .directions import directions_app
 from .weights import weights_app
@@ -31,7 +31,6 @@ app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(directions_app, name="directions")
 
-err_console = Console(stderr=True, emoji=False)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -50,10 +49,10 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        err_console.print("interrupted")
+        console.print("interrupted")
         sys.exit(130)
     except Exception as exc:
         if isinstance(exc, _user_errors()):
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
             sys.exit(2)
         raise

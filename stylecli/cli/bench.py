@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import DeviceOption, UsageError, console
+from .common import DeviceOption, UsageError, console, show
 
 bench_app = typer.Typer(help="Benchmarks that print tables (speed, memory).", no_args_is_help=True)
 
@@ -65,7 +65,7 @@ def generator_command(
             rows.append(row)
             table.add_row(label, str(dev), dt, str(n), f"{per_img:.3f}", f"{1 / per_img:.2f}", _gb(m.peak_bytes),
                           _gb(row["over_baseline_bytes"]))
-    console.print(table)
+    show(table, json_output)
     console.print("peak memory: process RSS on CPU (weights and libraries included), allocated memory on CUDA")
     if json_output:
         print(json.dumps(rows, indent=2))
@@ -86,7 +86,7 @@ def ops_command(device: str = DeviceOption, repeats: int = typer.Option(10, "--r
         kern = row["kernel_s"]
         table.add_row(row["op"], f"{row['reference_s'] * 1e3:.2f}", "-" if kern is None else f"{kern * 1e3:.2f}",
                       "-" if kern is None else f"{row['speedup']:.2f}x")
-    console.print(table)
+    show(table)
     if dev.type != "cuda":
         console.print("no CUDA device: only the reference path was timed")
 
@@ -115,10 +115,10 @@ def _quality_table(model: Optional[str], count: int, json_output: bool, floor: b
         table.add_row(f"{name}: mean shift", f"{a['shift_in_std']:.3f} std", "<= 0.20")
     for name, c in result["categories"].items():
         table.add_row(f"{name}: total variation", f"{c['total_variation']:.3f}", "lower is better")
-    console.print(table)
+    show(table, json_output)
     for name, c in result["categories"].items():
-        console.print(f"{name}, generated / rendered: " +
-                      ", ".join(f"{k} {c['generated'][k]:.0%} / {c['rendered'][k]:.0%}" for k in c["generated"]))
+        show(f"{name}, generated / rendered: " +
+             ", ".join(f"{k} {c['generated'][k]:.0%} / {c['rendered'][k]:.0%}" for k in c["generated"]), json_output)
     if json_output:
         print(json.dumps(result, indent=2))
 
@@ -161,7 +161,7 @@ def inversion_command(
             table.add_row(name, set_name, f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", f"{row['ms_ssim']:.3f}",
                           f"{row['l2']:.4f}", f"{row['perceptual']:.4f}", f"{row['id_similarity']:.3f}",
                           f"{row.get('domain_fid', float('nan')):.2f}", f"{row['seconds_per_image'] * 1e3:.1f} ms")
-    console.print(table)
+    show(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "inversion.json").write_text(json.dumps(rows, indent=2))
     console.print(f"wrote {out}/inversion.json and comparison images (inputs on top, reconstructions below)")
@@ -214,6 +214,6 @@ def editing_command(
         with console.status(f"renderer reference on {count} images"):
             for row in evaluate_reference_editing(losses, targets, count, runner.resolution):
                 add(row, "renderer", "(+1 std)")
-    console.print(table)
+    show(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "editing.json").write_text(json.dumps(rows, indent=2))

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from contextlib import contextmanager
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-console = Console(stderr=True, emoji=False)
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Redirected to a file or a pipe, rich would wrap tables at 80 columns; logs get room for the widest instead.
+    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
+    return Console(stderr=stderr, emoji=False, width=width)
+
+
+console = _console(stderr=True)    # progress, status, messages and errors
+results = _console(stderr=False)   # what a command reports (tables), so that it can be piped and redirected
+
+
+def show(result: RenderableType, json_output: bool = False) -> None:
+    """Print a command's result on stdout, or on stderr when --json gives stdout to the JSON."""
+    (console if json_output else results).print(result)
 
 DEFAULT_MODEL = "synthface-64"
 

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import ModelOption, UsageError, console, progress_bar
+from .common import ModelOption, UsageError, console, progress_bar, show
 
 directions_app = typer.Typer(help="Edit directions of a pack: list, fit, PCA, import.", no_args_is_help=True)
 
@@ -24,14 +24,19 @@ def list_command(model: str = ModelOption):
 
     Example: stylecli directions list --model synthface-64
     """
-    from ..directions import load_directions
+    from ..directions import format_layers, load_directions
 
     pack = _pack(model)
     table = Table("name", "kind", "layers", "details", title=f"directions of {pack.name}")
     for name, d in sorted(load_directions(pack).items()):
         details = {k: v for k, v in d.info.items() if k in ("attribute", "correlation", "component", "source", "condition")}
-        table.add_row(name, d.kind, "-".join(str(v) for v in d.info.get("layers", [])), str(details))
-    console.print(table if table.rows else f"pack {pack.name!r} has no directions yet (see `stylecli directions fit`)")
+        rows = (format_layers(d.info["layers"]) if "layers" in d.info else
+                ",".join(map(str, d.info["rows"])) if "rows" in d.info else "all")
+        table.add_row(name, d.kind, rows, str(details))
+    if table.rows:
+        show(table)
+    else:
+        console.print(f"pack {pack.name!r} has no directions yet (see `stylecli directions fit`)")
 
 
 @directions_app.command("fit")
