@@ -195,7 +195,8 @@ def test_directions_are_listed_with_their_fit(pack, tmp_path):
     shutil.copytree(pack, copy)
     assert cli("directions", "fit", "beard", "--layers", "0-3", "--samples", "60", "--gradient-samples", "0",
                "--model", str(copy)).returncode == 0
-    beard = next(line for line in cli("directions", "list", "--model", str(copy)).stdout.splitlines() if "beard" in line)
+    listing = cli("directions", "list", "--model", str(copy)).stdout
+    beard = next(line for line in listing.splitlines() if "beard" in line)
     assert " 0-3 " in beard
     manifest = json.loads((pack / "manifest.json").read_text())
     assert manifest["directions"]["smile"]["kind"] == "interfacegan"
@@ -234,6 +235,21 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
     assert "Traceback" not in bad.stderr
 
 
+def test_bench_reports_every_image_to_its_progress_bar(pack):
+    from stylecli.bench.inversion import evaluate_editing, evaluate_inversion
+    from stylecli.cli.bench import _method_and_losses
+    from stylecli.directions import load_directions
+
+    runner, opened, losses = _method_and_losses("e4e", str(pack), "cpu")
+    done = []
+    evaluate_inversion(runner, losses, "indomain", 5, batch=2, timing_images=2, on_batch=done.append)
+    assert done == [2, 2, 1]
+    done.clear()
+    directions = load_directions(opened)
+    evaluate_editing(runner, losses, directions, count=5, batch=4, on_batch=done.append)
+    assert sum(done) == 5 * (1 + len(directions)) and done[:2] == [4, 1]
+
+
 def test_edit_scores_measure_change_in_std_with_its_standard_error():
     from stylecli.bench.inversion import _edit_row
     from stylecli.losses import LossNetworks
@@ -251,7 +267,8 @@ def test_edit_scores_measure_change_in_std_with_its_standard_error():
     row = _edit_row("smile", "smile", base, edited, losses, {"smile": 0.5, "yaw": 0.25})
     assert row["target_change_std"] == pytest.approx(0.3 / 0.5, rel=1e-5)
     assert row["target_change_se"] == pytest.approx(float(step.std()) / 40 ** 0.5 / 0.5, rel=1e-5)
-    assert row["drift_std"] == {"yaw": pytest.approx(0.2, rel=1e-5)} and row["max_drift_std"] == pytest.approx(0.2, rel=1e-5)
+    assert row["drift_std"] == {"yaw": pytest.approx(0.2, rel=1e-5)}
+    assert row["max_drift_std"] == pytest.approx(0.2, rel=1e-5)
     # The same extra change on every face moves the mean, not the error.
     edited[:, 0] += 0.3
     shifted = _edit_row("smile", "smile", base, edited, losses, {"smile": 0.5, "yaw": 0.25})

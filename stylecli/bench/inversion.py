@@ -13,6 +13,7 @@ similarity between the edited and the unedited reconstruction.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,6 +31,12 @@ from .timing import measure
 def load_set(set_name: str, count: int, resolution: int) -> tuple[torch.Tensor, list[dict]]:
     samples = [make_sample(set_name, i, resolution) for i in range(count)]
     return torch.cat([image_to_tensor(s.image) for s in samples]), [s.label for s in samples]
+
+
+def _counted(result, on_batch: Callable[[int], None], n: int):
+    """result, after reporting its n images done to on_batch (a progress bar)."""
+    on_batch(n)
+    return result
 
 
 def _ms_ssim_window(size: int) -> int:
@@ -60,9 +67,11 @@ def image_metrics(x: torch.Tensor, y: torch.Tensor, losses: LossNetworks) -> dic
 
 @torch.no_grad()
 def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, batch: int = 16,
-                       timing_images: int = 20) -> tuple[dict, Image.Image]:
+                       timing_images: int = 20, on_batch: Callable[[int], None] = lambda n: None
+                       ) -> tuple[dict, Image.Image]:
+    """Scores of `method` on `count` images of a held-out set; on_batch(n) after each batch of n inverted."""
     x, _ = load_set(set_name, count, method.resolution)
-    recon = torch.cat([method.invert(chunk).image for chunk in x.split(batch)])
+    recon = torch.cat([_counted(method.invert(chunk).image, on_batch, len(chunk)) for chunk in x.split(batch)])
     row = {"set": set_name, "count": count, **image_metrics(x, recon, losses)}
     if losses.attributes is not None and count >= 10:
         fx, fy = losses.attributes.pooled(x), losses.attributes.pooled(recon)
@@ -106,16 +115,19 @@ def _indomain_std(labels: list[dict]) -> dict[str, float]:
 
 @torch.no_grad()
 def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int = 100, strength: float = 2.0,
-                     batch: int = 16) -> list[dict]:
+                     batch: int = 16, on_batch: Callable[[int], None] = lambda n: None) -> list[dict]:
+    """Edit scores of each direction on `count` `indomain` faces; on_batch(n) after each batch of n images inverted
+    or edited, (1 + len(directions)) * count in all."""
     if losses.attributes is None:
         raise ValueError("editing metrics need the pack's attribute predictor")
     x, labels = load_set("indomain", count, method.resolution)
     std = _indomain_std(labels)
-    inversions = [method.invert(chunk) for chunk in x.split(batch)]
+    inversions = [_counted(method.invert(chunk), on_batch, len(chunk)) for chunk in x.split(batch)]
     base = torch.cat([inv.image for inv in inversions])
     rows = []
     for dname, direction in directions.items():
-        edited = torch.cat([method.edit(inv, direction.vector, strength) for inv in inversions])
+        edited = torch.cat([_counted(method.edit(inv, direction.vector, strength), on_batch, len(inv.image))
+                            for inv in inversions])
         row = _edit_row(dname, direction.info.get("attribute", dname), base, edited, losses, std)
         rows.append({**row, "strength": strength, "target_change_per_unit": row["target_change_std"] / strength})
     return rows

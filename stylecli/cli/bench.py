@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import DeviceOption, UsageError, console, show
+from .common import DeviceOption, UsageError, console, progress_bar, show
 
 bench_app = typer.Typer(help="Benchmarks that print tables (speed, memory).", no_args_is_help=True)
 
@@ -153,8 +153,8 @@ def inversion_command(
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
         for set_name in sets:
-            with console.status(f"{name} on {set_name} ({count} images)"):
-                row, comparison = evaluate_inversion(runner, losses, set_name, count)
+            with progress_bar(f"{name} on {set_name}", count) as advance:
+                row, comparison = evaluate_inversion(runner, losses, set_name, count, on_batch=advance)
             row["method"] = name
             rows.append(row)
             save_image(comparison, out / f"{name}_{set_name}.png")
@@ -207,8 +207,9 @@ def editing_command(
             raise UsageError(f"pack {pack.name!r} has no fitted directions (see `stylecli directions fit`)")
         targets = {d: v.info.get("attribute", d) for d, v in chosen.items()}
         chosen.update({r.name: r for r in [restricted(v, span) for v in list(chosen.values()) for span in ranges]})
-        with console.status(f"{name}: {len(chosen)} directions on {count} images"):
-            for row in evaluate_editing(runner, losses, chosen, count, strength):
+        what = f"{name}: inverting, then {len(chosen)} direction{'s' if len(chosen) > 1 else ''}"
+        with progress_bar(what, count * (1 + len(chosen))) as advance:
+            for row in evaluate_editing(runner, losses, chosen, count, strength, on_batch=advance):
                 add(row, name, f"{row['target_change_per_unit']:+.2f}")
     if reference:
         with console.status(f"renderer reference on {count} images"):
