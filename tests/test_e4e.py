@@ -235,6 +235,19 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
     assert "Traceback" not in bad.stderr
 
 
+def test_e4e_inverts_in_channels_last_as_the_encoder_does_in_the_default_layout(pack):
+    from stylecli.methods.e4e import E4E, NETWORK
+    from stylecli.packs import Pack
+
+    opened = Pack.open(pack)
+    method, encoder = E4E(opened), opened.load(NETWORK)
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    inv = method.invert(x)
+    with torch.no_grad():
+        torch.testing.assert_close(inv.latents["w_plus"], encoder(x), atol=1e-5, rtol=1e-5)
+    assert inv.latents["w_plus"].is_contiguous() and inv.image.shape == (3, 3, 32, 32)
+
+
 def test_bench_reports_every_image_to_its_progress_bar(pack):
     from stylecli.bench.inversion import evaluate_editing, evaluate_inversion
     from stylecli.cli.bench import _method_and_losses
