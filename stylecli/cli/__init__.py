@@ -32,7 +32,6 @@ app.add_typer(data_app, name="data")
 app.add_typer(directions_app, name="directions")
 
 
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ..directions import DirectionError
     from ..imageio import ImageError

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import UsageError, console, results, show
+from .common import UsageError, console, show
 
 weights_app = typer.Typer(help="Model packs: list, inspect, verify, and convert official checkpoints.",
                           no_args_is_help=True)
@@ -46,14 +46,14 @@ def info_command(pack: str = typer.Argument(..., help="Pack name or folder."),
     if json_output:
         print(json.dumps(p.manifest, indent=2))
         return
-    results.print(f"[bold]{p.name}[/bold]  {p.root}  resolution {p.manifest.get('resolution')}")
+    show(f"[bold]{p.name}[/bold]  {p.root}  resolution {p.manifest.get('resolution')}")
     table = Table("network", "class", "file", "dtype", "config")
     for name, entry in p.networks.items():
         table.add_row(name, entry["class"].rsplit(".", 1)[-1], entry["file"], entry.get("dtype", ""),
                       json.dumps(entry.get("config", {})))
     show(table)
     for name, prov in p.manifest.get("provenance", {}).items():
-        results.print(f"{name}: {json.dumps(prov)}")
+        show(f"{name}: {json.dumps(prov)}")
 
 
 @weights_app.command("verify")
