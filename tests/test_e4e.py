@@ -236,7 +236,8 @@ def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
 
 
 def test_e4e_inverts_in_channels_last_as_the_encoder_does_in_the_default_layout(pack):
-    from stylecli.methods.e4e import E4E, NETWORK
+    from stylecli.methods.e4e import NETWORK
+    from stylecli.methods.e4e.method import E4E
     from stylecli.packs import Pack
 
     opened = Pack.open(pack)
@@ -304,7 +305,7 @@ def test_image_metrics_behave():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")
 def test_e4e_on_cuda_takes_cpu_images_and_matches_the_cpu_run(tmp_path, pack):
-    from stylecli.methods.e4e import E4E
+    from stylecli.methods.e4e.method import E4E
     from stylecli.packs import Pack
 
     opened = Pack.open(str(pack))

@@ -12,18 +12,15 @@ from .common import DeviceOption, ModelOption, UsageError, console, progress_bar
 METHOD_HELP = "Inversion method: e4e, idinvert, fwplus, sfe or samm."
 
 
-def _open_method(method: str, model: str, device: str):
+def _open_method(method: str, model: str, device: str, **options):
+    """The method `method` loaded on pack `model` (every failure a one-line error), and the pack."""
     from ..methods import get_method
     from ..models import resolve_device
-    from ..packs import Pack, PackError
+    from ..packs import Pack
 
-    module = get_method(method)
+    spec = get_method(method)
     pack = Pack.open(model)
-    try:
-        return module.load(pack, resolve_device(device)), pack
-    except PackError as exc:
-        hint = f" (train it with `stylecli train {method} --model {pack.name}`)" if pack.has("generator") else ""
-        raise UsageError(f"{exc}{hint}") from None
+    return spec.load(pack, resolve_device(device), **options), pack
 
 
 def _finish(results, json_output: bool, what: str) -> None:

@@ -1,28 +1,30 @@
-"""Inversion methods, one package each, behind the small interface in `base`.
+"""Inversion methods, one package each, behind the contract in `base`.
 
-The core (stylecli.core) knows nothing of them; the CLI finds them by name here.
+`METHODS` is the one map of built methods: the CLI's --method choices, `stylecli train` subcommands and the
+converters of `weights convert` all come from it. The core (stylecli.core) knows nothing of methods.
 """
 
 from __future__ import annotations
 
-import importlib
+from types import MappingProxyType
 
-from .base import InversionMethod, MethodUnavailable
+from .base import Inversion, Method, MethodSpec, MethodUnavailable, Option
+from .e4e.spec import SPEC as _E4E
 
-METHOD_NAMES = ("e4e", "idinvert", "fwplus", "sfe", "samm")
+METHODS: MappingProxyType[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in (_E4E,)})
 
-
-def get_method(name: str):
-    """The method package `name`, or MethodUnavailable with a one-line reason."""
-    if name not in METHOD_NAMES:
-        raise MethodUnavailable(f"unknown method {name!r}; choose from {', '.join(METHOD_NAMES)}")
-    try:
-        return importlib.import_module(f"{__name__}.{name}")
-    except ModuleNotFoundError as exc:
-        if exc.name != f"{__name__}.{name}":
-            raise
-        raise MethodUnavailable(f"method {name!r} is not part of this build of stylecli yet "
-                                f"(see the README's roadmap)") from None
+# Methods planned but not built yet (each has its issue): --method NAME says so instead of "unknown".
+PLANNED = ("samm", "sfe", "idinvert", "fwplus")
 
 
-__all__ = ["METHOD_NAMES", "get_method", "InversionMethod", "MethodUnavailable"]
+def get_method(name: str) -> MethodSpec:
+    """The spec of method `name`, or MethodUnavailable with a one-line reason."""
+    if name in METHODS:
+        return METHODS[name]
+    if name in PLANNED:
+        raise MethodUnavailable(f"method {name!r} is not part of this build of stylecli yet (built: "
+                                f"{', '.join(METHODS)}; see the README's roadmap)")
+    raise MethodUnavailable(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+
+
+__all__ = ["METHODS", "PLANNED", "get_method", "Inversion", "Method", "MethodSpec", "MethodUnavailable", "Option"]

@@ -10,7 +10,7 @@ softness of generated images.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +22,7 @@ from ..data.render import ATTRIBUTES, HAIR_STYLES, render, resample_appearance, 
 from ..data.sets import TRAIN_SEED_LIMIT, make_sample
 from ..imageio import image_to_tensor
 from .checkpoint import MetricsLog, StepTrainer, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .configs import DomainNetTrainingConfig
 
 # Scale of each continuous target, so every regression term weighs about the same.
 RANGES = {name: ATTRIBUTES.get(name, (0.0, 1.0)) for name in CONTINUOUS}
@@ -42,19 +43,6 @@ def _scale(x: torch.Tensor) -> torch.Tensor:
     lo = torch.tensor([RANGES[n][0] for n in CONTINUOUS])
     hi = torch.tensor([RANGES[n][1] for n in CONTINUOUS])
     return (x - lo) / (hi - lo)
-
-
-@dataclass
-class DomainNetTrainingConfig:
-    run_dir: str
-    resolution: int = 64
-    identities: int = 32          # people per step (each rendered twice)
-    steps: int = 3000
-    lr: float = 1e-3
-    temperature: float = 0.1
-    checkpoint_every: int = 200
-    log_every: int = 25
-    seed: int = 0
 
 
 class DomainNetTrainer(StepTrainer):

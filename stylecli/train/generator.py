@@ -17,7 +17,6 @@ import copy
 import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,43 +28,8 @@ from ..core.networks import Discriminator, Generator
 from ..data.loader import ImageSource
 from ..imageio import make_grid, save_image, tensor_to_images
 from .checkpoint import MetricsLog, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .configs import GeneratorTrainingConfig
 from .distributed import DistContext, all_mean, average_gradients, broadcast_module, init_distributed
-
-
-@dataclass
-class GeneratorTrainingConfig:
-    run_dir: str                       # folder for checkpoint, metrics and samples
-    data: str = "synth"                # "synth" (render on the fly) or a folder of images
-    resolution: int = 64
-    z_dim: int = 256
-    w_dim: int = 256
-    mapping_layers: int = 4
-    channel_base: int = 2048
-    channel_max: int = 128
-    batch: int = 16                    # total over all processes
-    kimg: float = 1000.0               # training length in thousands of real images shown
-    lr: float = 0.0025
-    r1_gamma: float | None = None      # None: 0.0002 * resolution**2 / batch (StyleGAN2-ADA heuristic)
-    pl_weight: float = 2.0
-    style_mixing: float = 0.9
-    mirror: bool = True
-    ema_kimg: float | None = None      # None: batch * 10 / 32
-    ema_rampup: float = 0.05
-    g_reg_interval: int = 4
-    d_reg_interval: int = 16
-    checkpoint_kimg: float = 4.0       # also written at the end
-    sample_kimg: float = 20.0
-    log_kimg: float = 1.0
-    seed: int = 0
-    device: str = "cpu"
-    init: str | None = None            # start from this pack's generator and discriminator (see the module doc)
-
-    def generator_kwargs(self) -> dict:
-        return dict(z_dim=self.z_dim, w_dim=self.w_dim, img_resolution=self.resolution, mapping_layers=self.mapping_layers,
-                    channel_base=self.channel_base, channel_max=self.channel_max)
-
-    def discriminator_kwargs(self) -> dict:
-        return dict(img_resolution=self.resolution, channel_base=self.channel_base, channel_max=self.channel_max)
 
 
 class GeneratorTrainer:

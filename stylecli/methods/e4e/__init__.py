@@ -1,45 +1,7 @@
-"""e4e: a fast W+ encoder designed for editability (Tov et al. 2021). One forward pass per image."""
+"""e4e: a fast W+ encoder designed for editability (Tov et al. 2021). One forward pass per image.
 
-from __future__ import annotations
+spec.py declares it (and its training configuration), method.py runs it, encoder.py is the network, train.py trains
+it against a pack's frozen generator, convert.py reads the official checkpoint.
+"""
 
-import torch
-import torch.nn.functional as F
-
-from ...packs import Pack
-from ..base import Inversion
-
-NETWORK = "e4e_encoder"
-
-
-class E4E:
-    name = "e4e"
-
-    def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
-        self.device = torch.device(device)
-        self.G = pack.generator(device)
-        # Channels-last lets oneDNN take the encoder's small stride-2 convolutions that PyTorch otherwise runs
-        # through im2col at batch 1: the encoder ~15-20% faster on the CPU, outputs within 2e-6.
-        self.E = pack.load(NETWORK, device).to(memory_format=torch.channels_last)
-        self.resolution = self.G.img_resolution
-
-    @torch.no_grad()
-    def invert(self, images: torch.Tensor) -> Inversion:
-        """images [N, 3, R, R] in [-1, 1] at the generator's resolution, on any device; results on the same one."""
-        size = self.E.cfg.input_size
-        x = images.to(self.device)
-        x = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
-        w = self.E(x.contiguous(memory_format=torch.channels_last))
-        image = self.G.synthesis(w, noise_mode="const")
-        return Inversion(latents={"w_plus": w.to(images.device)}, image=image.to(images.device))
-
-    @torch.no_grad()
-    def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
-        """direction [num_ws, w_dim] (or [w_dim]) in W+, added `strength` times to every code; the image comes
-        back on the codes' device."""
-        codes = inversion.latents["w_plus"]
-        w = codes.to(self.device) + strength * direction.to(self.device, codes.dtype)
-        return self.G.synthesis(w, noise_mode="const").to(codes.device)
-
-
-def load(pack: Pack, device: str | torch.device = "cpu") -> E4E:
-    return E4E(pack, device)
+NETWORK = "e4e_encoder"   # the pack network holding the encoder

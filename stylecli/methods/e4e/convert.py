@@ -22,6 +22,24 @@ def is_e4e_checkpoint(data) -> bool:
         any(k.startswith("encoder.") for k in data["state_dict"])
 
 
+def detect(path: Path) -> bool:
+    """True for a file holding e4e's checkpoint layout (read weights-only, memory-mapped: nothing in it runs)."""
+    from ...packs.convert import detect_format
+
+    try:
+        if not Path(path).is_file() or detect_format(path) != "rosinality":
+            return False
+        return is_e4e_checkpoint(torch.load(path, map_location="cpu", weights_only=True, mmap=True))
+    except Exception:
+        return False
+
+
+def convert(path: Path) -> tuple[dict, dict[str, ConversionReport]]:
+    """The pack networks of an e4e checkpoint: {"generator", "e4e_encoder"} and a report per network."""
+    generator, encoder, reports = convert_e4e(path)
+    return {"generator": generator, "e4e_encoder": encoder}, reports
+
+
 def infer_encoder_config(enc: dict[str, torch.Tensor]) -> dict:
     units = sorted({int(m[1]) for k in enc if (m := re.match(r"body\.(\d+)\.", k))})
     depths = [enc[f"body.{i}.res_layer.1.weight"].shape[0] for i in units]

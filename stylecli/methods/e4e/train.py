@@ -11,7 +11,7 @@ and its own W samples; gradients are averaged, so every process takes the same s
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from ...train.distributed import all_mean, average_gradients, broadcast_module, 
 from ...train.export import load_run, step_run_record
 from ...train.optim import ranger
 from . import NETWORK
+from .spec import E4ETrainingConfig
 from .encoder import Encoder4Editing, EncoderConfig
 
 
@@ -43,34 +44,6 @@ class LatentDiscriminator(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return self.net(w)
-
-
-@dataclass
-class E4ETrainingConfig:
-    run_dir: str
-    model: str = "synthface-64"        # pack with the generator and the loss networks
-    data: str = "synth"
-    batch: int = 8
-    steps: int = 20000
-    lr: float = 1e-4
-    l2_weight: float = 1.0
-    perceptual_weight: float = 0.8
-    id_weight: float = 0.1
-    delta_weight: float = 2e-4
-    adv_weight: float = 0.1
-    d_lr: float = 2e-5
-    r1_gamma: float = 10.0
-    d_reg_interval: int = 16
-    pool_size: int = 50
-    progressive_start: int = 1400      # e4e: 20k of 300k steps; scaled to the run length
-    progressive_step: int = 140        # e4e: 2k
-    encoder: dict = field(default_factory=dict)  # EncoderConfig overrides
-    init: str | None = None            # start the encoder from this e4e run folder or pack (fine-tuning after the
-                                       # pack's generator changed); latent_avg is taken from the new generator
-    checkpoint_every: int = 250
-    log_every: int = 25
-    seed: int = 0
-    device: str = "cpu"
 
 
 class E4ETrainer(StepTrainer):
@@ -143,15 +116,17 @@ class E4ETrainer(StepTrainer):
             "opt_D": self.opt_D.state_dict(), "step": self.step, "elapsed": self.elapsed, "pool": self.pool,
             "torch_rng": torch.get_rng_state(), "source_rng": rng_state(self.source.rng),
             "w_rng": self.w_rng.get_state(),
-            "config": asdict(self.cfg), "encoder_config": self.E.config, "pack": self.pack_name})
+            "config": asdict(self.cfg), "encoder_config": self.E.config, "pack": self.pack_name, "target": "e4e"})
 
     def active_rows(self) -> int:
         cfg = self.cfg
         if self.fine_tuning:
             return self.G.num_ws
-        if self.step < cfg.progressive_start:
+        start = cfg.progressive_start if cfg.progressive_start is not None else int(cfg.steps * 0.07)
+        every = cfg.progressive_step if cfg.progressive_step is not None else int(cfg.steps * 0.007)
+        if self.step < start:
             return 1
-        return min(self.G.num_ws, 2 + (self.step - cfg.progressive_start) // max(cfg.progressive_step, 1))
+        return min(self.G.num_ws, 2 + (self.step - start) // max(every, 1))
 
     def train_step(self) -> dict:
         cfg, dev = self.cfg, next(self.E.parameters()).device
