@@ -29,7 +29,7 @@ def pack(tmp_path_factory):
                                              kimg=0.004)).run()
     DomainNetTrainer(DomainNetTrainingConfig(run_dir=str(root / "dn"), resolution=32, identities=4, steps=1)).run()
     pack = root / "packs" / "tinyface"
-    out = cli("weights", "from-runs", str(pack), "--generator-run", str(root / "g"), "--domainnet-run", str(root / "dn"))
+    out = cli("weights", "from-runs", str(pack), str(root / "g"), str(root / "dn"))
     assert out.returncode == 0, out.stderr
     cfg = E4ETrainingConfig(run_dir=str(root / "e4e"), model=str(pack), batch=2, steps=4, progressive_start=1,
                             progressive_step=1, encoder=TINY_ENCODER, checkpoint_every=2, log_every=1)
@@ -37,7 +37,7 @@ def pack(tmp_path_factory):
     trainer.run()
     rows = [json.loads(l)["active_rows"] for l in (root / "e4e" / "metrics.jsonl").read_text().splitlines()]
     assert rows == [1, 2, 3, 4]  # progressive: one more delta row per step after the start
-    out = cli("weights", "from-runs", str(pack), "--e4e-run", str(root / "e4e"))
+    out = cli("weights", "from-runs", str(pack), str(root / "e4e"))
     assert out.returncode == 0, out.stderr
     out = cli("directions", "fit", "smile", "glasses", "pose=yaw", "--model", str(pack), "--samples", "60")
     assert out.returncode == 0, out.stderr
@@ -60,7 +60,7 @@ def test_two_processes_take_identical_steps_on_their_own_images(tmp_path, pack):
     """torchrun's setting (gloo on the CPU): averaged gradients keep the ranks' encoders equal while each draws its
     own images; rank 0 alone writes the checkpoint and the log."""
     import torch.multiprocessing as mp
-    mp.spawn(_e4e_rank, args=(str(pack), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_e4e_rank, args=(str(pack), str(tmp_path), _free_port()), nprocs=2, join=True)
     first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert not torch.equal(first["x"], second["x"])
     for key, value in first["E"].items():
@@ -72,10 +72,18 @@ def test_two_processes_take_identical_steps_on_their_own_images(tmp_path, pack):
     assert any(not torch.equal(v, first["E"][k]) for k, v in initial.state_dict().items())
 
 
-def _e4e_rank(rank, pack, out):
+def _free_port() -> int:
+    """A port the OS has just handed out (no fixed port: parallel test runs must not collide)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _e4e_rank(rank, pack, out, port):
     import os
     from pathlib import Path
-    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT="29541")
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     trainer = E4ETrainer(E4ETrainingConfig(run_dir=str(Path(out) / "run"), model=pack, batch=4, steps=2,
                                            progressive_start=0, encoder=TINY_ENCODER, checkpoint_every=1, log_every=1))

@@ -77,9 +77,9 @@ def test_resume_refuses_a_different_architecture(tmp_path):
 def test_two_processes_with_torchrun(tmp_path):
     """torchrun, gloo on the CPU: both ranks step in lock-step and rank 0 writes the run."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "stylecli", "train", "generator", "--run-dir", str(tmp_path / "run"), "--kimg", "0.016",
-           "--batch", "4", "--resolution", "16", "--z-dim", "16", "--mapping-layers", "2", "--channel-base", "128",
+           "--batch", "4", "--resolution", "16", "--z-dim", "16", "--w-dim", "16", "--mapping-layers", "2", "--channel-base", "128",
            "--channel-max", "16", "--checkpoint-kimg", "0.008", "--sample-kimg", "0.016", "--device", "cpu"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -158,8 +158,8 @@ def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_re
     assert [r["step"] for r in records] == [1, 2, 3] and all(r["identity"] > 0 for r in records)
     GeneratorTrainer(tiny(tmp_path / "g", resolution=32, kimg=0.004)).run()
     pack = tmp_path / "packs" / "minipack"
-    out = subprocess.run([sys.executable, "-m", "stylecli", "weights", "from-runs", str(pack), "--generator-run",
-                          str(tmp_path / "g"), "--domainnet-run", str(tmp_path / "dn")], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "stylecli", "weights", "from-runs", str(pack), str(tmp_path / "g"),
+                          str(tmp_path / "dn")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     manifest = json.loads((pack / "manifest.json").read_text())
     assert set(manifest["networks"]) == {"generator", "discriminator", "domainnet"}

@@ -15,6 +15,7 @@ from .commands import register_commands
 from .common import console
 from .data import data_app
 from .directions import directions_app
+from .train import register_targets, train_app
 from .weights import weights_app
 
 app = typer.Typer(
@@ -30,6 +31,8 @@ app.add_typer(weights_app, name="weights")
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")
 app.add_typer(directions_app, name="directions")
+app.add_typer(train_app, name="train")
+register_targets(train_app)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

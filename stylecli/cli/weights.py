@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import UsageError, console, show
+from .common import UsageError, console, escape, show
 
 weights_app = typer.Typer(help="Model packs: list, inspect, verify, and convert official checkpoints.",
                           no_args_is_help=True)
@@ -74,29 +74,32 @@ def verify_command(pack: str = typer.Argument(..., help="Pack name or folder."))
 
 @weights_app.command("convert")
 def convert_command(
-    src: Path = typer.Argument(..., help="NVIDIA stylegan2-ada-pytorch/stylegan3 .pkl or rosinality .pt."),
+    src: Path = typer.Argument(..., help="NVIDIA stylegan2-ada-pytorch/stylegan3 .pkl, rosinality .pt, or a method's "
+                               "official checkpoint (see `stylecli weights convert --help`)."),
     dst: Path = typer.Argument(..., help="Pack folder to write (its name becomes the pack name)."),
     fp16: bool = typer.Option(False, "--fp16", help="Store weights as float16 (half the size)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="List every mapped tensor."),
 ):
-    """Convert an official StyleGAN2 checkpoint into a stylecli pack. No code from the file is ever run.
+    """Convert an official checkpoint into a stylecli pack. No code from the file is ever run.
+
+    Reads StyleGAN2 generators (and discriminators) and the official checkpoints of the methods that declare a
+    converter (e4e: e4e_ffhq_encode.pt).
 
     Example: stylecli weights convert stylegan2-ffhq-config-f.pkl weights/ffhq-1024
     """
     import torch
 
+    from ..methods import METHODS
+    from ..methods.base import resolve
     from ..packs import write_pack
     from ..packs.convert import convert_checkpoint
 
     if dst.exists() and (dst.resolve() == src.resolve() or dst.is_file()):
-        raise UsageError(f"{dst}: the destination must be a folder, not a file")
-    from ..methods.e4e.convert import convert_e4e, is_e4e_checkpoint
-    from ..packs.convert import detect_format
-
-    if src.is_file() and detect_format(src) == "rosinality" and is_e4e_checkpoint(
-            torch.load(src, map_location="cpu", weights_only=True)):
-        generator, encoder, reports = convert_e4e(src)
-        networks, source_format = {"generator": generator, "e4e_encoder": encoder}, "e4e"
+        raise UsageError(f"{escape(str(dst))}: the destination must be a folder, not a file")
+    method = next((spec for spec in METHODS.values() if spec.converter and resolve(spec.converter.detect)(src)), None)
+    if method is not None:
+        networks, reports = resolve(method.converter.convert)(src)
+        source_format = method.name
     else:
         converted = convert_checkpoint(src)
         networks, reports, source_format = {"generator": converted.generator}, converted.reports, converted.source_format
@@ -107,11 +110,11 @@ def convert_command(
                       f"{len(report.regenerated)} filter buffers regenerated")
         if verbose:
             for src_key, dst_key in report.mapped:
-                console.print(f"  {src_key} -> {dst_key}")
+                console.print(f"  {escape(src_key)} -> {escape(dst_key)}")
     provenance = {"converted_from": src.name, "source_format": source_format}
     write_pack(dst, dst.name, networks, networks["generator"].img_resolution, provenance,
                dtype=torch.float16 if fp16 else torch.float32)
-    console.print(f"wrote pack {dst}")
+    console.print(f"wrote pack {escape(str(dst))}")
 
 
 @weights_app.command("add-loss-nets")
@@ -147,36 +150,31 @@ def add_loss_nets_command(
 @weights_app.command("from-runs")
 def from_runs_command(
     dst: Path = typer.Argument(..., help="Pack folder to write or update."),
-    generator_run: Optional[Path] = typer.Option(None, "--generator-run", help="Run folder of `train generator`."),
-    domainnet_run: Optional[Path] = typer.Option(None, "--domainnet-run", help="Run folder of `train domainnet`."),
-    e4e_run: Optional[Path] = typer.Option(None, "--e4e-run", help="Run folder of `train e4e`."),
+    runs: list[Path] = typer.Argument(..., help="Run folders of `stylecli train TARGET` (each knows its target)."),
     name: Optional[str] = typer.Option(None, "--name", help="Pack name (default: the folder name)."),
     fp16: bool = typer.Option(True, "--fp16/--fp32", help="Store weights as float16."),
 ):
     """Add the networks of finished training runs to a pack, each with its training record.
 
-    Example: stylecli weights from-runs weights/synthface-64 --generator-run runs/g --domainnet-run runs/dn
+    Example: stylecli weights from-runs weights/synthface-64 runs/generator runs/e4e
     """
     import torch
 
     from ..packs import write_pack
-    from ..train.export import domainnet_from_run, generator_from_run
+    from ..train.targets import target_of_run
 
-    from ..methods.e4e.train import encoder_from_run
-
-    runs = ((generator_run, generator_from_run), (domainnet_run, domainnet_from_run), (e4e_run, encoder_from_run))
-    if all(run is None for run, _ in runs):
-        raise UsageError("name at least one run: --generator-run, --domainnet-run or --e4e-run")
     dtype = torch.float16 if fp16 else torch.float32
-    for run, export in runs:
-        if run is None:
-            continue
+    exported = []
+    for run in runs:  # every run is read before the pack is touched: a bad folder changes nothing
         try:
-            networks, record = export(run)
-        except FileNotFoundError as exc:
+            target = target_of_run(run)
+            exported.append((run, *target.export_run(run)))
+        except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+    for run, networks, record in exported:
         resolution = next(iter(networks.values())).config.get("img_resolution")
         if resolution is None:  # networks of methods take the resolution the pack already has
-            resolution = json.loads((dst / "manifest.json").read_text())["resolution"] if (dst / "manifest.json").is_file() else 64
+            manifest = dst / "manifest.json"
+            resolution = json.loads(manifest.read_text())["resolution"] if manifest.is_file() else 64
         write_pack(dst, name or dst.name, networks, resolution, record, dtype=dtype)
-        console.print(f"{dst}: wrote {', '.join(networks)} from {run}")
+        console.print(f"{escape(str(dst))}: wrote {', '.join(networks)} from {escape(str(run))}")

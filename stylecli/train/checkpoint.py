@@ -84,6 +84,10 @@ class StepTrainer:
     def log_extras(self) -> dict:
         return {}
 
+    def progress(self) -> tuple[int, int]:
+        """(steps done, steps in all)."""
+        return self.step, self.cfg.steps
+
     def run(self, on_progress: Callable[[int, dict], None] | None = None) -> None:
         window, tick = [], time.time()
         while self.step < self.cfg.steps:

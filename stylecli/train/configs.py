@@ -20,8 +20,8 @@ class GeneratorTrainingConfig:
     mapping_layers: int = setting(4, "Depth of the mapping network.")
     channel_base: int = setting(2048, "Channels at a resolution = min(channel_base / resolution, channel_max).")
     channel_max: int = setting(128, "The widest layer.")
-    batch: int = setting(16, "Total batch size over all processes.")
-    kimg: float = setting(1000.0, "Training length in thousands of real images shown.")
+    batch: int = setting(16, "Total batch size over all processes.", min=1)
+    kimg: float = setting(1000.0, "Training length in thousands of real images shown.", min=0)
     lr: float = 0.0025
     r1_gamma: float | None = None      # None: 0.0002 * resolution**2 / batch (StyleGAN2-ADA heuristic)
     pl_weight: float = 2.0
@@ -34,7 +34,7 @@ class GeneratorTrainingConfig:
     checkpoint_kimg: float = setting(4.0, "Checkpoint interval in kimg (also written at the end).")
     sample_kimg: float = setting(20.0, "Sample-grid interval in kimg.")
     log_kimg: float = 1.0
-    workers: int = setting(1, "Processes that read or render training images beside training (0: none).")
+    workers: int = setting(1, "Processes that read or render training images beside training (0: none).", min=0)
     seed: int = setting(0, "Random seed.")
     device: str = "cpu"
     init: str | None = setting(None, "Continue this pack's generator and discriminator in a new run.")
@@ -51,10 +51,10 @@ class GeneratorTrainingConfig:
 class DomainNetTrainingConfig:
     run_dir: str
     resolution: int = setting(64, "Image resolution.")
-    identities: int = setting(32, "People per step (each rendered twice).")
-    steps: int = setting(3000, "Optimisation steps.")
+    identities: int = setting(32, "People per step (each rendered twice).", min=2)
+    steps: int = setting(3000, "Optimisation steps.", min=1)
     lr: float = 1e-3
     temperature: float = 0.1
-    checkpoint_every: int = setting(200, "Checkpoint interval in steps (also written at the end).")
+    checkpoint_every: int = setting(200, "Checkpoint interval in steps (also written at the end).", min=1)
     log_every: int = 25
     seed: int = setting(0, "Random seed.")

@@ -66,9 +66,14 @@ class GeneratorTrainer:
 
     # --- state ---------------------------------------------------------------------------------------------------
 
+    def progress(self) -> tuple[int, int]:
+        """(images shown so far, images in all)."""
+        return self.nimg, int(self.cfg.kimg * 1000)
+
     def state(self) -> dict:
-        return {"config": dataclasses.asdict(self.cfg), "G": self.G.state_dict(), "D": self.D.state_dict(),
-                "G_ema": self.G_ema.state_dict(), "opt_G": self.opt_G.state_dict(), "opt_D": self.opt_D.state_dict(),
+        return {"target": "generator", "config": dataclasses.asdict(self.cfg), "G": self.G.state_dict(),
+                "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(), "opt_G": self.opt_G.state_dict(),
+                "opt_D": self.opt_D.state_dict(),
                 "step": self.step, "nimg": self.nimg, "pl_mean": self.pl_mean.cpu(), "elapsed": self.elapsed,
                 "torch_rng": torch.get_rng_state(), "gen_rng": self.gen.get_state(),
                 "source_rng": rng_state(self.source.rng)}

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
-def setting(default: Any, help: str) -> Any:
-    """A config field that `stylecli train TARGET` offers as --NAME (fields made otherwise stay internal)."""
-    return field(default=default, metadata={"help": help})
+def setting(default: Any, help: str, min: float | None = None) -> Any:
+    """A config field that `stylecli train TARGET` offers as --NAME (fields made otherwise stay internal);
+    `min` is the smallest value the flag accepts."""
+    return field(default=default, metadata={"help": help, "min": min})
 
 
 @dataclass(frozen=True)
@@ -62,3 +63,23 @@ def _targets() -> dict[str, TrainingSpec]:
 def training_targets() -> dict[str, TrainingSpec]:
     """Every target `stylecli train` offers, by name."""
     return _targets()
+
+
+# Checkpoints written before runs recorded their target: recognised by the state they hold.
+_LEGACY_KEYS = (("G_ema", "generator"), ("encoder_config", "e4e"), ("net", "domainnet"))
+
+
+def target_of_run(run_dir) -> TrainingSpec:
+    """The target whose trainer wrote the run in `run_dir` (FileNotFoundError / ValueError in one line)."""
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(Path(run_dir))
+    if state is None:
+        raise FileNotFoundError(f"{run_dir}: no checkpoint.pt (not a run folder of `stylecli train`)")
+    name = state.get("target") or next((t for key, t in _LEGACY_KEYS if key in state), None)
+    targets = training_targets()
+    if name not in targets:
+        raise ValueError(f"{run_dir}: a run of {name!r}, which this build cannot export")
+    return targets[name]
