@@ -8,7 +8,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 # The CUDA toolkit root for compiling the custom ops (a wrapper `nvcc` on PATH misleads torch's own guess).
 export CUDA_HOME ?= $(firstword $(wildcard /usr/local/cuda))
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-all venv clean
 
 $(BIN)/stylecli: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ demo: venv
 	$(BIN)/stylecli edit examples/face.png --direction smile --strength 2 --method e4e -o out/demo
 	@echo "wrote out/demo/ (examples/face.png made to smile by e4e on the embedded synthface-64 pack)"
 
+# The fast tier (minutes): everything but the tests marked slow.
 test: venv
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# Everything, including compiling the CUDA sources and two-process torchrun runs (a GPU adds its own tests).
+test-all: venv
 	$(BIN)/python -m pytest -q
 
 clean:

@@ -159,3 +159,29 @@ def test_spec_types():
         assert isinstance(spec, MethodSpec)
         assert spec.training is None or isinstance(spec.training, TrainingSpec)
         assert spec.converter is None or isinstance(spec.converter, ConverterSpec)
+
+
+def test_method_options_become_flags_of_the_commands_that_invert():
+    """Flags come from the specs: a toy method's --steps appears with its help and reaches the command as a dict."""
+    import typer
+    from typer.testing import CliRunner
+
+    from stylecli.cli.options import with_method_options
+
+    toy = MethodSpec(name="toy", summary="a toy", implementation="stylecli.methods.e4e.method:E4E",
+                     options=(Option("steps", int, 100, "Optimisation steps.", min=1),))
+    seen = {}
+
+    def invert(input: str = typer.Argument(...), method_options: dict = None):
+        """Invert."""
+        seen.update(input=input, options=method_options)
+
+    app = typer.Typer()
+    app.command()(with_method_options(invert, [METHODS["e4e"], toy]))
+    runner = CliRunner()
+    help_text = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    assert "--steps" in help_text and "Optimisation steps. (toy; default 100; min 1)" in help_text
+    assert runner.invoke(app, ["a.png", "--steps", "5"]).exit_code == 0
+    assert seen == {"input": "a.png", "options": {"steps": 5}}
+    runner.invoke(app, ["b.png"])
+    assert seen == {"input": "b.png", "options": {"steps": None}}
