@@ -13,6 +13,8 @@ from .e4e.spec import SPEC as _E4E
 
 METHODS: MappingProxyType[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in (_E4E,)})
 
+DEFAULT_METHOD = "e4e"   # what --method is when not given
+
 # Methods planned but not built yet (each has its issue): --method NAME says so instead of "unknown".
 PLANNED = ("samm", "sfe", "idinvert", "fwplus")
 
@@ -27,4 +29,10 @@ def get_method(name: str) -> MethodSpec:
     raise MethodUnavailable(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
 
-__all__ = ["METHODS", "PLANNED", "get_method", "Inversion", "Method", "MethodSpec", "MethodUnavailable", "Option"]
+def method_help() -> str:
+    """--method's help: the built methods with their summaries, then the planned ones."""
+    built = "; ".join(f"{name}: {spec.summary}" for name, spec in METHODS.items())
+    return f"Inversion method. {built} (planned: {', '.join(PLANNED)})"
+
+
+__all__ = ["METHODS", "PLANNED", "DEFAULT_METHOD", "method_help", "get_method", "Inversion", "Method", "MethodSpec", "MethodUnavailable", "Option"]
