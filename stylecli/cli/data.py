@@ -21,23 +21,24 @@ def synth_command(
     start: int = typer.Option(0, "--start", min=0, help="Index of the first image within the set."),
 ):
     """Render N images of a set with labels.jsonl (every parameter of every image); ood also writes *_mask.png.
+    The folder is an evaluation set (`stylecli bench inversion --set FOLDER`) equal to the named set.
 
     Example: stylecli data synth --set ood --count 200 --out data/ood
     """
-    from ..data.sets import SET_SEEDS, make_sample
+    from ..data.sets import LABELS_FILE, MASK_SUFFIX, SET_SEEDS, make_sample, sample_name
     from ..imageio import save_image
 
     if set_name not in SET_SEEDS:
         raise UsageError(f"unknown set {set_name!r}; choose from {', '.join(SET_SEEDS)}")
     out.mkdir(parents=True, exist_ok=True)
-    labels_path = out / "labels.jsonl"
+    labels_path = out / LABELS_FILE
     with open(labels_path, "w") as labels, progress_bar(f"rendering {set_name}", count) as advance:
         for index in range(start, start + count):
             sample = make_sample(set_name, index, resolution)
-            name = f"{index:06d}"
+            name = sample_name(index)
             save_image(sample.image, out / f"{name}.png")
             if sample.mask is not None:
-                save_image(sample.mask, out / f"{name}_mask.png")
+                save_image(sample.mask, out / f"{name}{MASK_SUFFIX}.png")
             labels.write(json.dumps({"file": f"{name}.png", **sample.label}) + "\n")
             advance()
     console.print(f"wrote {count} {set_name} images and {labels_path}")

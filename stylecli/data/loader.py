@@ -1,48 +1,123 @@
-"""Training images: rendered on the fly from random train seeds, or read from a folder (e.g. aligned FFHQ)."""
+"""Training images: rendered on the fly from train seeds, or read from a folder of aligned faces (e.g. FFHQ).
+
+Sample j of a process's stream is a pure function of (seed, rank, world_size, j): its own random generator picks the
+face (a train seed, or a file), so batch i of n images is samples [i n, (i + 1) n). The source counts the samples it
+has handed out (`position`); a trainer checkpoints that count and restores it to continue the very same stream. A
+live random state could not do this once worker processes prefetch: it runs ahead of what training consumed.
+
+- synth: train seeds in [0, 1e9); rank r of W draws only seeds congruent to r mod W, so the ranks' faces are disjoint.
+- a folder: every readable image found recursively (evaluation masks, `*_mask.*`, excluded), any size, resized to
+  the resolution; rank r of W draws from files r, r + W, ... (disjoint shares). A file that fails to read is
+  replaced by another draw of the same sample's generator (so the stream stays a function of j) and counted in
+  `skipped`.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
-from ..imageio import image_to_tensor, list_images, load_image
+from ..imageio import ImageError, image_to_tensor, load_image
 from .render import render_seed
-from .sets import TRAIN_SEED_LIMIT
+from .sets import TRAIN_SEED_LIMIT, find_images
+
+MAX_REDRAWS = 100  # consecutive unreadable draws for one sample before the folder is declared unusable
+
+
+class _Stream(Dataset):
+    """Sample j of one process's stream, with the number of unreadable files it replaced."""
+
+    def __init__(self, files: list[Path], resolution: int, seed: int, rank: int, world_size: int):
+        self.files, self.resolution = files, resolution
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
+        rng = np.random.default_rng([self.seed, self.rank, self.world_size, j])
+        if not self.files:
+            face = self.rank + self.world_size * int(rng.integers(TRAIN_SEED_LIMIT // self.world_size))
+            return image_to_tensor(render_seed(face, self.resolution)[0])[0], 0
+        for redraw in range(MAX_REDRAWS):
+            path = self.files[int(rng.integers(len(self.files)))]
+            try:
+                return image_to_tensor(load_image(path), self.resolution)[0], redraw
+            except ImageError:
+                continue
+        raise ImageError(f"{path.parent}: {MAX_REDRAWS} draws in a row found no readable image")
+
+
+class _Batches:
+    """Index lists [start, start + n), [start + n, start + 2n), ... without end (a DataLoader batch sampler)."""
+
+    def __init__(self, start: int, n: int):
+        self.start, self.n = start, n
+
+    def __iter__(self):
+        start = self.start
+        while True:
+            yield list(range(start, start + self.n))
+            start += self.n
+
+
+def _one_thread(worker_id: int) -> None:
+    # Each worker renders or decodes one image at a time; torch's default of one thread per core in every worker
+    # would fight the training process for the same cores.
+    torch.set_num_threads(1)
 
 
 class ImageSource:
-    """An endless stream of [N, 3, R, R] batches in [-1, 1].
+    """An endless stream of [N, 3, R, R] batches in [-1, 1] (see the module's docstring).
 
-    data -- "synth" to render training faces from random seeds, or a folder of images (resized to `resolution`).
-    rank/world_size -- each process of a distributed run draws a disjoint stream.
-    `rng` is the stream's state (checkpointed by the trainers).
+    data -- "synth", or a folder of aligned face images.
+    rank/world_size -- this process's share of a distributed run.
+    workers -- DataLoader processes that prefetch batches (0: render or read in this process).
+    position -- samples handed out so far (checkpoint it; assigning it continues the stream from there).
+    skipped -- unreadable files replaced since this source was made.
     """
 
-    def __init__(self, data: str, resolution: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.data, self.resolution = data, resolution
-        self.rng = np.random.default_rng([seed, rank, world_size])
-        self.files: list[Path] = []
+    def __init__(self, data: str, resolution: int, seed: int = 0, rank: int = 0, world_size: int = 1,
+                 workers: int = 0):
+        files: list[Path] = []
         if data != "synth":
             folder = Path(data)
             if not folder.is_dir():
                 raise FileNotFoundError(f"{data}: not a folder of images (or 'synth')")
-            self.files = list_images(folder)[rank::world_size]
-            if not self.files:
-                raise FileNotFoundError(f"{data}: no images found")
+            files = find_images(folder)[rank::world_size]
+            if not files:
+                raise FileNotFoundError(f"{data}: no images found" + (f" for process {rank} of {world_size}"
+                                                                       if world_size > 1 else ""))
+        self.data, self.resolution, self.workers = data, resolution, workers
+        self.stream = _Stream(files, resolution, seed, rank, world_size)
+        self.skipped = 0
+        self._position = 0
+        self._batches = None  # (batch size, DataLoader iterator) once batches are drawn
 
-    def _one(self) -> torch.Tensor:
-        if self.files:
-            path = self.files[int(self.rng.integers(len(self.files)))]
-            return image_to_tensor(load_image(path), self.resolution)
-        image, _ = render_seed(int(self.rng.integers(TRAIN_SEED_LIMIT)), self.resolution)
-        return image_to_tensor(image)
+    @property
+    def position(self) -> int:
+        return self._position
+
+    @position.setter
+    def position(self, value: int) -> None:
+        self.close()  # prefetched batches belong to the old position
+        self._position = int(value)
 
     def batch(self, n: int) -> torch.Tensor:
-        return torch.cat([self._one() for _ in range(n)])
+        """The next n images of the stream."""
+        if self._batches is None or self._batches[0] != n:
+            self.close()
+            # A private generator: making an iterator draws a base seed, which must not move torch's global stream
+            # (the trainers checkpoint it). Nothing here uses the base seed: every sample seeds itself.
+            loader = DataLoader(self.stream, batch_sampler=_Batches(self._position, n), num_workers=self.workers,
+                                worker_init_fn=_one_thread if self.workers else None,
+                                generator=torch.Generator(), persistent_workers=False)
+            self._batches = (n, iter(loader))
+        images, redraws = next(self._batches[1])
+        self._position += n
+        self.skipped += int(redraws.sum())
+        return images
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        while True:
-            yield self._one()
+    def close(self) -> None:
+        """Stop the worker processes (a later batch starts new ones): dropping the DataLoader iterator does it."""
+        self._batches = None

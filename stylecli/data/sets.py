@@ -9,28 +9,41 @@ Every set draws from its own seed range, so evaluation faces are never seen in t
 | detail    | 1,100,000,000 + i     | dense fine detail (3x the freckles and moles)                               |
 | ood       | 1,200,000,000 + i     | accessories, occluders, stickers, textured backgrounds + exact masks        |
 | geometric | 1,300,000,000 + i     | faces translated, rotated and scaled, the transform recorded                |
+
+An evaluation set is one of these names (rendered on the fly) or a folder of aligned face images, read recursively
+in the order of their paths (a set name wins over a folder of the same name: write ./ood for the folder). Optional:
+- `labels.jsonl` at the top of the folder: one JSON object per line, its "file" the image's path relative to the
+  folder (with /), the rest that image's label. When the file exists, every image needs a line.
+- masks: `NAME_mask.png` (any image type) beside `NAME.png`, white where pixels were added to the face (an image
+  without one added nothing). Masks are not images of the set, neither here nor in training folders.
+`stylecli data synth --set X --out DIR` writes exactly this, so DIR and X are the same evaluation set.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..imageio import READABLE_SUFFIXES, ImageError, load_image
 from .render import SUPERSAMPLE, FaceParams, finish, render, render_background, render_face_layer, sample_params
 
 SET_SEEDS = {"train": 0, "indomain": 1_000_000_000, "detail": 1_100_000_000, "ood": 1_200_000_000,
              "geometric": 1_300_000_000}
 TRAIN_SEED_LIMIT = 1_000_000_000
 OOD_KINDS = ("sticker", "occluder", "microphone", "scribble", "texture_background", "hat")
+LABELS_FILE = "labels.jsonl"
+MASK_SUFFIX = "_mask"
 
 
 @dataclass
 class Sample:
-    image: Image.Image            # RGB, resolution x resolution
-    label: dict                   # every parameter, the set, the seed, and set-specific records
+    image: Image.Image            # RGB, resolution x resolution (read from a folder: the file's size)
+    label: dict                   # every parameter, the set, the seed, and set-specific records ({}: unlabelled)
     mask: Image.Image | None = None  # ood: "L" mask of the added pixels (255 = added)
 
 
@@ -52,6 +65,93 @@ def make_sample(set_name: str, index: int, resolution: int = 64) -> Sample:
         label["transform"] = transform
         return Sample(image, label)
     return Sample(render(params, resolution), label)
+
+
+def sample_name(index: int) -> str:
+    """The file stem of a set's image `index` in a folder (`stylecli data synth`)."""
+    return f"{index:06d}"
+
+
+@dataclass
+class EvaluationSet:
+    name: str                     # the set's name or the folder as given
+    samples: list[Sample]         # images at their own size (rendered ones at the requested resolution)
+    labelled: bool                # labels hold what was rendered (else every label is {})
+    masked: bool                  # masks tell where pixels were added (absent: a metric that needs them is skipped)
+    unreadable: list[str] = field(default_factory=list)  # files passed over
+
+
+def evaluation_set(source: str, count: int, resolution: int = 64) -> EvaluationSet:
+    """The first `count` images of a set name or of a folder (see the module's docstring for the folder's layout)."""
+    if source in SET_SEEDS:
+        samples = [make_sample(source, i, resolution) for i in range(count)]
+        return EvaluationSet(source, samples, labelled=True, masked=source == "ood")
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ValueError(f"{source}: neither a set ({', '.join(s for s in SET_SEEDS if s != 'train')}) nor a folder")
+    labels = _read_labels(folder)
+    samples, unreadable = [], []
+    files = find_images(folder)
+    if labels is not None:
+        missing = [p.relative_to(folder).as_posix() for p in files if p.relative_to(folder).as_posix() not in labels]
+        if missing:
+            raise ValueError(f"{folder / LABELS_FILE} has no line for {len(missing)} image(s), e.g. {missing[0]}")
+    for path in files:
+        if len(samples) == count:
+            break
+        relative = path.relative_to(folder).as_posix()
+        try:
+            image = load_image(path)
+            mask_path = _mask_of(path)
+            mask = load_image(mask_path).convert("L") if mask_path else None
+        except ImageError as exc:
+            unreadable.append(str(exc))
+            continue
+        samples.append(Sample(image, labels[relative] if labels is not None else {}, mask))
+    if not samples:
+        raise ValueError(f"{source}: no readable images found")
+    masked = any(s.mask is not None for s in samples)
+    for s in samples:  # an image without a mask in a masked set had nothing added
+        if masked and s.mask is None:
+            s.mask = Image.new("L", s.image.size, 0)
+    return EvaluationSet(source, samples, labelled=labels is not None, masked=masked, unreadable=unreadable)
+
+
+def find_images(folder: Path) -> list[Path]:
+    """The images under `folder`, recursively, sorted by path; hidden files and folders and masks left out."""
+    folder = Path(folder)
+    found = [p for p in folder.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES and p.is_file()
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    stems = {p.with_suffix("") for p in found}
+    return sorted((p for p in found if not (p.stem.endswith(MASK_SUFFIX) and
+                                            p.with_name(p.stem[:-len(MASK_SUFFIX)]) in stems)),
+                  key=lambda p: p.relative_to(folder).parts)
+
+
+def _mask_of(image: Path) -> Path | None:
+    for suffix in READABLE_SUFFIXES:
+        candidate = image.with_name(image.stem + MASK_SUFFIX + suffix)
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _read_labels(folder: Path) -> dict[str, dict] | None:
+    """labels.jsonl as {file: label without "file"}; None when the folder has none."""
+    path = folder / LABELS_FILE
+    if not path.is_file():
+        return None
+    labels = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            file = record.pop("file")
+        except (json.JSONDecodeError, KeyError, AttributeError, TypeError):
+            raise ValueError(f"{path}:{number}: not a JSON object with a \"file\" key") from None
+        labels[str(file)] = record
+    return labels
 
 
 def rerender(label: dict, resolution: int = 64, **changes) -> Image.Image:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..core.networks import Discriminator, Generator
 from ..data.loader import ImageSource
 from ..imageio import make_grid, save_image, tensor_to_images
-from .checkpoint import MetricsLog, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import MetricsLog, load_checkpoint, save_checkpoint
 from .configs import GeneratorTrainingConfig
 from .distributed import DistContext, all_mean, average_gradients, broadcast_module, init_distributed
 
@@ -47,7 +47,8 @@ class GeneratorTrainer:
         self.G_ema = copy.deepcopy(self.G).eval().requires_grad_(False)
         self.opt_G = self._adam(self.G, cfg.g_reg_interval)
         self.opt_D = self._adam(self.D, cfg.d_reg_interval)
-        self.source = ImageSource(cfg.data, cfg.resolution, seed=cfg.seed, rank=self.ctx.rank, world_size=self.ctx.world_size)
+        self.source = ImageSource(cfg.data, cfg.resolution, seed=cfg.seed, rank=self.ctx.rank,
+                                  world_size=self.ctx.world_size, workers=cfg.workers)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + self.ctx.rank)  # latents and noise
         self.step, self.nimg, self.pl_mean = 0, 0, torch.zeros([], device=dev)
         self.elapsed = 0.0
@@ -76,7 +77,7 @@ class GeneratorTrainer:
                 "opt_D": self.opt_D.state_dict(),
                 "step": self.step, "nimg": self.nimg, "pl_mean": self.pl_mean.cpu(), "elapsed": self.elapsed,
                 "torch_rng": torch.get_rng_state(), "gen_rng": self.gen.get_state(),
-                "source_rng": rng_state(self.source.rng)}
+                "source_position": self.source.position}
 
     def _restore(self) -> bool:
         """Load the run's checkpoint; False when there is none yet."""
@@ -96,7 +97,8 @@ class GeneratorTrainer:
         self.pl_mean = state["pl_mean"].to(self.ctx.device)
         torch.set_rng_state(state["torch_rng"])
         self.gen.set_state(state["gen_rng"])
-        set_rng_state(self.source.rng, state["source_rng"])
+        # Runs from before the position was recorded continue on a fresh stream.
+        self.source.position = state.get("source_position", self.step * self.batch_gpu)
         return True
 
     def _init_from_pack(self, name_or_path: str) -> None:
@@ -246,7 +248,8 @@ class GeneratorTrainer:
             tick = now
             if self.nimg >= next_log or self.nimg >= total:
                 record = {k: float(np.mean([w[k] for w in window if k in w])) for k in window[-1]}
-                record.update(kimg=self.nimg / 1000, step=self.step, elapsed_s=round(self.elapsed, 1))
+                record.update(kimg=self.nimg / 1000, step=self.step, elapsed_s=round(self.elapsed, 1),
+                              skipped_images=self.source.skipped)
                 if self.ctx.is_main:
                     self.log.write(record)
                 window, next_log = [], self.nimg + cfg.log_kimg * 1000

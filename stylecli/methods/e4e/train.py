@@ -22,8 +22,7 @@ from torch import nn
 from ...data.loader import ImageSource
 from ...losses import LossNetworks
 from ...packs import Pack
-from ...train.checkpoint import (MetricsLog, StepTrainer, load_checkpoint, rng_state, save_checkpoint,
-                                 set_rng_state)
+from ...train.checkpoint import MetricsLog, StepTrainer, load_checkpoint, save_checkpoint
 from ...train.distributed import all_mean, average_gradients, broadcast_module, init_distributed
 from ...train.export import load_run, step_run_record
 from ...train.optim import ranger
@@ -82,7 +81,7 @@ class E4ETrainer(StepTrainer):
         self.opt_E = ranger(self.E.parameters(), lr=cfg.lr)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr)
         self.source = ImageSource(cfg.data, self.G.img_resolution, seed=cfg.seed, rank=self.ctx.rank,
-                                  world_size=self.ctx.world_size)
+                                  world_size=self.ctx.world_size, workers=cfg.workers)
         self.w_rng = torch.Generator().manual_seed(cfg.seed * 1000 + self.ctx.rank)  # the latent D's real W
         self.pool: list[torch.Tensor] = []
         self.step, self.elapsed = 0, 0.0
@@ -97,13 +96,13 @@ class E4ETrainer(StepTrainer):
             self.opt_D.load_state_dict(state["opt_D"])
             self.step, self.elapsed = state["step"], state["elapsed"]
             self.pool = list(state["pool"])
+            # Every rank has drawn the same count: exact for all (older runs: a fresh stream).
+            self.source.position = state.get("source_position", self.step * self.batch_per_rank)
             torch.set_rng_state(state["torch_rng"])
             if self.ctx.world_size == 1:
-                set_rng_state(self.source.rng, state["source_rng"])
                 if "w_rng" in state:  # runs from before w_rng keep drawing from a fresh stream
                     self.w_rng.set_state(state["w_rng"])
             else:  # the checkpoint holds rank 0's streams: every rank continues on its own
-                self.source.rng = np.random.default_rng([cfg.seed, self.ctx.rank, self.ctx.world_size, self.step])
                 self.w_rng.manual_seed(cfg.seed * 1000 + self.ctx.rank + 7919 * self.step)
         broadcast_module(self.E, self.ctx)
         broadcast_module(self.D, self.ctx)
@@ -114,9 +113,12 @@ class E4ETrainer(StepTrainer):
         save_checkpoint(self.run_dir, {
             "E": self.E.state_dict(), "D": self.D.state_dict(), "opt_E": self.opt_E.state_dict(),
             "opt_D": self.opt_D.state_dict(), "step": self.step, "elapsed": self.elapsed, "pool": self.pool,
-            "torch_rng": torch.get_rng_state(), "source_rng": rng_state(self.source.rng),
+            "torch_rng": torch.get_rng_state(), "source_position": self.source.position,
             "w_rng": self.w_rng.get_state(),
             "config": asdict(self.cfg), "encoder_config": self.E.config, "pack": self.pack_name, "target": "e4e"})
+
+    def log_extras(self) -> dict:
+        return {"skipped_images": self.source.skipped}  # unreadable files replaced by other draws
 
     def active_rows(self) -> int:
         cfg = self.cfg
