@@ -185,3 +185,11 @@ def test_method_options_become_flags_of_the_commands_that_invert():
     assert seen == {"input": "a.png", "options": {"steps": 5}}
     runner.invoke(app, ["b.png"])
     assert seen == {"input": "b.png", "options": {"steps": None}}
+
+
+def test_methods_command_lists_built_and_planned_methods():
+    out = cli("methods")
+    assert out.returncode == 0, out.stderr
+    for name in (*METHODS, *PLANNED):
+        assert name in out.stdout
+    assert "stylecli train e4e" in out.stdout and "e4e_encoder" in out.stdout

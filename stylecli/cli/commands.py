@@ -71,7 +71,28 @@ def blend(
     raise UsageError("blend is not part of this build of stylecli yet")  # reached once a method makes masks
 
 
+def methods():
+    """List the inversion methods of this build: what each needs in a pack, its options, how it trains and converts.
+
+    Example: stylecli methods
+    """
+    from rich.table import Table
+
+    from ..methods import METHODS, PLANNED
+    from .common import show
+
+    table = Table("method", "what it does", "pack networks", "options", "train", "converts")
+    for name, spec in METHODS.items():
+        table.add_row(name, spec.summary, ", ".join(("generator", *spec.networks)),
+                      ", ".join(f"{o.flag} ({o.default})" for o in spec.options) or "-",
+                      f"stylecli train {spec.training.name}" if spec.training else "-",
+                      spec.converter.formats if spec.converter else "-")
+    for name in PLANNED:
+        table.add_row(name, "not part of this build yet (see the README's roadmap)", "", "", "", "")
+    show(table)
+
+
 def register_commands(app: typer.Typer) -> None:
     from .editing import edit, invert
-    for command in (generate, invert, edit, blend):
+    for command in (generate, invert, edit, blend, methods):
         app.command()(command)
