@@ -58,13 +58,30 @@ def load_generator(spec: str, device: str | torch.device = "cpu") -> Generator:
         raise ModelError(str(exc)) from None
 
 
-def resolve_device(device: str) -> torch.device:
-    """'auto' picks CUDA when present; an explicit 'cuda' without a GPU is a clear error."""
-    if device == "auto":
+def resolve_device(device: str | torch.device) -> torch.device:
+    """The torch device for a --device value: "cpu", "cuda", "cuda:N" or "auto" (CUDA when present, else the CPU).
+
+    Anything else is a one-line ModelError: other back-ends (mps, meta, xla, ...) are not supported by the networks'
+    code paths, and "cpu:N" is refused too because a CPU index means nothing to torch, so accepting it would only
+    suggest a choice that does not exist. "cuda:N" needs N < the number of CUDA devices; torch itself would accept
+    any N and fail only at first use ("invalid device ordinal").
+    """
+    text = str(device) if isinstance(device, torch.device) else device
+    if not isinstance(text, str):
+        raise ModelError(f"device must be cpu, cuda, cuda:N or auto, not {text!r}")
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelError("--device cuda asked for, but no CUDA device is available")
-    try:
-        return torch.device(device)
-    except RuntimeError:
-        raise ModelError(f"unknown device {device!r}") from None
+    if text == "cpu":
+        return torch.device("cpu")
+    suffix = text[len("cuda:"):] if text.startswith("cuda:") else None
+    # isascii: str.isdigit alone takes digits such as "²" that int() refuses
+    if text != "cuda" and not (suffix and suffix.isascii() and suffix.isdigit()):
+        raise ModelError(f"unknown device {text!r}; use cpu, cuda, cuda:N (N = 0, 1, ...) or auto")
+    if not torch.cuda.is_available():
+        raise ModelError(f"--device {text} asked for, but no CUDA device is available (use cpu or auto)")
+    index = int(suffix) if suffix is not None else None
+    count = torch.cuda.device_count()
+    if index is not None and index >= count:
+        raise ModelError(f"--device {text}: there {'is' if count == 1 else 'are'} {count} CUDA "
+                         f"device{'' if count == 1 else 's'} (cuda:0 to cuda:{count - 1})")
+    return torch.device("cuda", index) if index is not None else torch.device("cuda")

@@ -21,12 +21,20 @@ def list_command():
 
     Example: stylecli weights list
     """
-    from ..packs import Pack, list_packs
+    from rich.text import Text
+
+    from ..packs import Pack, PackError, list_packs
 
     table = Table("name", "resolution", "networks", "folder")
     for root in list_packs():
-        pack = Pack.open(root)
-        table.add_row(pack.name, str(pack.manifest.get("resolution")), ", ".join(pack.networks), str(root))
+        try:
+            pack = Pack.open(root)
+        except PackError as exc:  # one broken pack in a search folder must not hide the others
+            problem = str(exc).removeprefix(f"{root}: ")  # the folder has its own column
+            table.add_row(Text(root.name), "?", Text(f"unusable: {problem}", style="red"), Text(str(root)))
+            continue
+        table.add_row(Text(pack.name), str(pack.manifest.get("resolution")), Text(", ".join(pack.networks)),
+                      Text(str(root)))
     if not table.rows:
         console.print("no model packs found")
     else:
@@ -40,36 +48,45 @@ def info_command(pack: str = typer.Argument(..., help="Pack name or folder."),
 
     Example: stylecli weights info synthface-64
     """
+    from rich.text import Text
+
     from ..packs import Pack
 
     p = Pack.open(pack)
     if json_output:
         print(json.dumps(p.manifest, indent=2))
         return
-    show(f"[bold]{p.name}[/bold]  {p.root}  resolution {p.manifest.get('resolution')}")
+    # Names and configs come from the file: printed as text, never read as rich markup.
+    show(Text.assemble((p.name, "bold"), f"  {p.root}  resolution {p.manifest.get('resolution')}"))
     table = Table("network", "class", "file", "dtype", "config")
     for name, entry in p.networks.items():
-        table.add_row(name, entry["class"].rsplit(".", 1)[-1], entry["file"], entry.get("dtype", ""),
-                      json.dumps(entry.get("config", {})))
+        table.add_row(*(Text(str(cell)) for cell in (name, entry["class"].rsplit(".", 1)[-1], entry["file"],
+                                                      entry.get("dtype", ""), json.dumps(entry.get("config", {})))))
     show(table)
     for name, prov in p.manifest.get("provenance", {}).items():
-        show(f"{name}: {json.dumps(prov)}")
+        show(Text(f"{name}: {json.dumps(prov)}"))
 
 
 @weights_app.command("verify")
 def verify_command(pack: str = typer.Argument(..., help="Pack name or folder.")):
-    """Check every file of a pack against the sizes and sha256 sums in its manifest.
+    """Check a pack: its manifest, every file against the size and sha256 in the manifest, and that every network
+    builds and loads. Prints one line per problem and exits 1 when there is any (2 when there is no such pack).
+
+    Verify always hashes. Loading a network (generate, edit, ...) checks sizes always and sha256 by default; set
+    STYLECLI_VERIFY=size to skip hashing on load for large packs on slow disks (then verify a pack after copying it).
 
     Example: stylecli weights verify weights/synthface-64
     """
-    from ..packs import Pack
+    from ..packs import verify_pack
 
-    problems = Pack.open(pack).verify()
+    root, problems = verify_pack(pack)
     for problem in problems:
-        console.print(f"[red]{problem}[/red]")
+        # soft_wrap: a problem stays one line however long; markup=False: names and messages are printed as they are
+        console.print(problem, style="red", markup=False, highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(1)
-    console.print("ok: every file matches its manifest")
+    console.print(f"ok: {root}: the manifest is sound, every file matches it and every network loads",
+                  markup=False, highlight=False, soft_wrap=True)
 
 
 @weights_app.command("convert")
