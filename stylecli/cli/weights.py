@@ -119,7 +119,8 @@ def convert_command(
         source_format = method.name
     else:
         converted = convert_checkpoint(src)
-        networks, reports, source_format = {"generator": converted.generator}, converted.reports, converted.source_format
+        networks, reports = {"generator": converted.generator}, converted.reports
+        source_format = converted.source_format
         if converted.discriminator is not None:
             networks["discriminator"] = converted.discriminator
     for name, report in reports.items():
