@@ -1,55 +1,102 @@
 """Image input and output, in one place.
 
-Reading applies the EXIF orientation, converts any mode to RGB (transparent areas over white) and turns unreadable,
-truncated or oversized files into an `ImageError` with a one-line message. Writing is atomic (a temporary file in the
-same folder, then a rename) and refuses to replace any file given as an input.
+Reading applies the EXIF orientation, scales 16-bit and float pixels to 8 bits, converts any mode to RGB (transparent
+areas over white) and turns every file that cannot be used (missing, a FIFO, a symlink loop, unreadable, corrupt,
+oversized, of an unknown depth) into an `ImageError` with a one-line message; PIL's warnings stay quiet. Writing is
+atomic (a temporary file in the same folder, then a rename) and refuses to replace any file given as an input.
 """
 
 from __future__ import annotations
 
+import io
 import os
+import stat
 import warnings
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError, features
 
-from .fileio import atomic_path
+from .fileio import OutputError, describe_problem, printable, write_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 MAX_PIXELS = 100_000_000  # ~10k x 10k; larger files are refused rather than decoded into many GB of memory
+
+# Photo formats, and the optional decoder each needs. Folder listing and single files both go by READABLE_SUFFIXES,
+# so a file is read alone exactly when it would be read from its folder.
+_PHOTO_FORMATS = {"JPEG": None, "PNG": None, "WEBP": "webp", "AVIF": "avif", "GIF": None, "BMP": None, "TIFF": None,
+                  "JPEG2000": "jpg_2000", "PPM": None, "TGA": None, "QOI": None}
+
+
+def _readable_suffixes() -> tuple[str, ...]:
+    Image.init()
+    usable = {fmt for fmt, feature in _PHOTO_FORMATS.items() if fmt in Image.OPEN
+              and (feature is None or features.check(feature))}
+    return tuple(sorted(ext for ext, fmt in Image.registered_extensions().items() if fmt in usable))
+
+
+READABLE_SUFFIXES = _readable_suffixes()
 
 
 class ImageError(Exception):
     """An input image cannot be used, or an output cannot be written."""
 
 
+def _eight_bit(img: Image.Image, name: str) -> Image.Image:
+    """16-bit and 32-bit integer pixels scaled from 0..65535, float pixels from 0..1, to 8 bits (PIL's own
+    conversion clips them: most 16-bit photos came out white); values outside those ranges are refused."""
+    if img.mode.startswith("I"):
+        array = np.asarray(img)
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ImageError(f"{name}: 32-bit pixels outside 0..65535 ({array.min()}..{array.max()}); "
+                             "save it with 8 or 16 bits per channel")
+        return Image.fromarray(np.round(array.astype(np.float32) / 257).astype(np.uint8))
+    if img.mode == "F":
+        array = np.asarray(img)
+        if not np.isfinite(array).all():
+            raise ImageError(f"{name}: float image with NaN or infinite pixels")
+        if array.size and (array.min() < 0 or array.max() > 1):
+            raise ImageError(f"{name}: float pixels in {array.min():g}..{array.max():g}, expected 0..1; "
+                             "save it with 8 or 16 bits per channel")
+        return Image.fromarray(np.round(array * 255).astype(np.uint8))
+    return img
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """An RGB PIL image, upright according to its EXIF orientation."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such file")
+    name = printable(path)
+    problem = describe_problem(path)  # before opening: opening a FIFO would wait for a writer forever
+    if problem:
+        raise ImageError(f"{name}: {problem}")
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # odd files make PIL warn (EXIF, MPO, palettes); they read fine or fail
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: {img.width}x{img.height} is too large (limit {MAX_PIXELS:,} pixels)")
+                    raise ImageError(f"{name}: {img.width}x{img.height} is too large (limit {MAX_PIXELS:,} pixels)")
                 img.load()
                 img = ImageOps.exif_transpose(img)
+            img = _eight_bit(img, name)
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, rgba)
+            return img.convert("RGB")
+    except ImageError:
+        raise
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file") from None
+        raise ImageError(f"{name}: not an image file") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: too large to decode safely") from None
-    except OSError as exc:  # truncated or corrupt data
-        raise ImageError(f"{path}: cannot decode ({exc})") from None
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(background, rgba)
-    return img.convert("RGB")
+        raise ImageError(f"{name}: too large to decode safely") from None
+    except Exception as exc:  # truncated or corrupt data, PIL's limits (ValueError on huge text chunks), odd modes
+        raise ImageError(f"{name}: cannot decode ({_reason(exc)})") from None
+
+
+def _reason(exc: Exception) -> str:
+    text = " ".join(str(exc).split())  # one line, whatever the library put in its message
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def image_to_tensor(img: Image.Image, size: int | None = None) -> torch.Tensor:
@@ -81,25 +128,65 @@ def make_grid(images: list[Image.Image], columns: int | None = None, pad: int = 
     return grid
 
 
-def save_image(img: Image.Image, path: str | os.PathLike, protected: Iterable[str | os.PathLike] = ()) -> Path:
-    """Write atomically; refuses to replace any path in `protected` (the inputs)."""
+class ProtectedPaths:
+    """Paths that outputs must never replace (the inputs), resolved once: a batch checks each output in O(1) instead
+    of resolving every input for every output."""
+
+    def __init__(self, paths: Iterable[str | os.PathLike] = ()):
+        self._resolved = frozenset(_resolve(p) for p in paths)
+
+    def check(self, output: str | os.PathLike) -> None:
+        """ImageError if writing `output` would replace one of the paths."""
+        if _resolve(output) in self._resolved:
+            raise ImageError(f"{printable(output)}: refusing to overwrite an input file; choose another output")
+
+
+def _resolve(path: str | os.PathLike) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError):  # a symlink loop: no output can be written through it anyway
+        return Path(os.path.abspath(path))
+
+
+def encode_image(img: Image.Image, path: str | os.PathLike) -> bytes:
+    """The file `path` would hold: `img` in the format its suffix names."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ImageError(f"{printable(path)}: unknown image type {Path(path).suffix!r}")
+    buffer = io.BytesIO()
+    img.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def save_image(img: Image.Image, path: str | os.PathLike, protected: ProtectedPaths | None = None) -> Path:
+    """Write atomically; refuses to replace any of the `protected` paths (the inputs)."""
     path = Path(path)
-    target = path.resolve()
-    if any(target == Path(p).resolve() for p in protected):
-        raise ImageError(f"{path}: refusing to overwrite an input file; choose another output")
-    fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ImageError(f"{path}: unknown image type {path.suffix!r}")
-    with atomic_path(path) as tmp:
-        img.save(tmp, format=fmt)
+    if protected is not None:
+        protected.check(path)
+    try:
+        write_files({path: encode_image(img, path)})
+    except OutputError as exc:
+        raise ImageError(str(exc)) from None
     return path
 
 
 def list_images(path: str | os.PathLike) -> list[Path]:
-    """The image itself, or the images in a folder (sorted; not recursive)."""
+    """The image itself, or the images in a folder (sorted; not recursive; hidden files left out). Entries are told
+    apart by name only: one that cannot be read (a FIFO, a symlink loop) fails alone when it is loaded."""
     path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
-    if not path.exists():
-        raise ImageError(f"{path}: no such file or folder")
+    try:
+        is_folder = stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError:
+        is_folder = False
+    if is_folder:
+        try:
+            names = os.listdir(path)
+        except OSError as exc:
+            raise ImageError(f"{printable(path)}: cannot list the folder ({exc.strerror})") from None
+        return sorted(path / n for n in names if Path(n).suffix.lower() in READABLE_SUFFIXES and not n.startswith("."))
+    problem = describe_problem(path)
+    if problem:
+        raise ImageError(f"{printable(path)}: {problem}")
+    if path.suffix.lower() not in READABLE_SUFFIXES:
+        raise ImageError(f"{printable(path)}: not a readable image type (readable: {', '.join(READABLE_SUFFIXES)})")
     return [path]

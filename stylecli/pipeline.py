@@ -1,11 +1,17 @@
 """Batch inversion and editing of image files: what `stylecli invert` and `stylecli edit` run, usable from Python.
 
 Per file: read (EXIF-upright RGB), resize to the pack's resolution, invert in batches, write outputs atomically.
-A file that fails is reported and the batch goes on; outputs that exist are skipped unless `overwrite`.
+A file that fails is reported and the batch goes on: bad input fails with a one-line reason, anything else (a bug)
+also keeps its traceback. A file's outputs land together or not at all and never replace an input; outputs that
+exist are skipped unless `overwrite`.
 """
 
 from __future__ import annotations
 
+import io
+import math
+import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -13,9 +19,15 @@ from typing import Callable, Iterable
 import torch
 from PIL import Image
 
-from .fileio import atomic_path
-from .imageio import ImageError, image_to_tensor, load_image, make_grid, save_image, tensor_to_images
-from .latents import SUFFIX, load_latent, save_latent
+from .fileio import OutputError, printable, write_files
+from .imageio import ImageError, ProtectedPaths, encode_image, image_to_tensor, load_image, make_grid, tensor_to_images
+from .latents import SUFFIX, LatentError, LatentSpec, latent_bytes, load_latent
+from .methods.base import Inversion
+
+MAX_STRENGTH = 100.0    # directions are scaled so that 1-3 is a clear edit; far beyond, the generator gives noise
+MAX_SWEEP_STEPS = 100   # frames of one sweep: one grid row and one GIF per file, held in memory together
+
+BAD_INPUT = (ImageError, LatentError, OutputError)  # failures that are the file's, not the program's
 
 
 @dataclass
@@ -24,6 +36,17 @@ class FileResult:
     status: str                      # "done", "skipped" or "failed"
     outputs: list[str] = field(default_factory=list)
     error: str | None = None
+    traceback: str | None = None     # for a failure that is a bug rather than bad input
+
+
+def _failed(path: Path, exc: BaseException) -> FileResult:
+    """A failed file: bad input names its reason; anything else is a bug and keeps its traceback."""
+    source = printable(path)
+    if isinstance(exc, BAD_INPUT):
+        return FileResult(source, "failed", error=str(exc))
+    text = " ".join(str(exc).split())
+    return FileResult(source, "failed", error=f"{source}: internal error ({type(exc).__name__}: {text})",
+                      traceback="".join(traceback.format_exception(exc)))
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -31,108 +54,200 @@ def _batches(items: list, size: int) -> Iterable[list]:
         yield items[i:i + size]
 
 
+def output_stems(sources: list[Path]) -> list[str]:
+    """The name each source's outputs start with: its stem (NAME of NAME.png or NAME.latent.safetensors); sources that
+    share a stem, also across letter case (dup.png, dup.jpg, Dup.webp), get their suffix added (dup_png, dup_jpg,
+    Dup_webp) so that no two write the same file; one still taken gets _2, _3, ..."""
+    def stem(path: Path) -> str:
+        return path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
+
+    shared = Counter(stem(p).casefold() for p in sources)
+    used: set[str] = set()
+    stems = []
+    for path in sources:
+        base = stem(path)
+        if shared[base.casefold()] > 1:
+            base = f"{base}_{path.suffix[1:].lower()}"
+        candidate, n = base, 1
+        while candidate.casefold() in used:
+            n += 1
+            candidate = f"{base}_{n}"
+        used.add(candidate.casefold())
+        stems.append(candidate)
+    return stems
+
+
+def _row(inversion: Inversion, i: int) -> Inversion:
+    return Inversion(latents={k: v[i:i + 1] for k, v in inversion.latents.items()},
+                     image=None if inversion.image is None else inversion.image[i:i + 1],
+                     extras={k: v[i:i + 1] for k, v in inversion.extras.items()})
+
+
+def _invert_each(method, x: torch.Tensor) -> list[Inversion | Exception]:
+    """Per image: its inversion, or the exception. A batch that fails is retried image by image, so that one input
+    the method cannot take fails alone."""
+    try:
+        inversion = method.invert(x)
+        return [_row(inversion, i) for i in range(len(x))]
+    except Exception as exc:
+        if len(x) == 1:
+            return [exc]
+    results: list[Inversion | Exception] = []
+    for i in range(len(x)):
+        try:
+            results.append(method.invert(x[i:i + 1]))
+        except Exception as exc:
+            results.append(exc)
+    return results
+
+
+def _finite(x: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.isfinite(x).all():
+        raise ValueError(f"the method produced NaN or infinite values in the {what}")
+    return x
+
+
 def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: bool = False, overwrite: bool = False,
                  batch: int = 8, on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
+    """Invert `files` into `out`: NAME.png (reconstruction) and NAME.latent.safetensors, NAME_compare.png too with
+    `compare`. One result per file, in the order they finish."""
     results: list[FileResult] = []
+
+    def report(result: FileResult) -> None:
+        results.append(result)
+        on_file(result)
+
+    protected = ProtectedPaths(files)
     todo = []
-    for path in files:
-        image_out, latent_out = out / f"{path.stem}.png", out / f"{path.stem}{SUFFIX}"
-        if not overwrite and image_out.exists() and latent_out.exists():
-            results.append(FileResult(str(path), "skipped", [str(image_out), str(latent_out)]))
-            on_file(results[-1])
+    for path, stem in zip(files, output_stems(files)):
+        outputs = [out / f"{stem}.png", out / f"{stem}{SUFFIX}"] + ([out / f"{stem}_compare.png"] if compare else [])
+        try:
+            for output in outputs:  # before any work: an output that would replace an input fails the file at once
+                protected.check(output)
+        except ImageError as exc:
+            report(_failed(path, exc))
+            continue
+        if not overwrite and all(o.exists() for o in outputs):
+            report(FileResult(printable(path), "skipped", [printable(o) for o in outputs]))
         else:
-            todo.append(path)
+            todo.append((path, outputs))
     for chunk in _batches(todo, batch):
         loaded = []
-        for path in chunk:
+        for path, outputs in chunk:
             try:
-                loaded.append((path, load_image(path)))
-            except ImageError as exc:
-                results.append(FileResult(str(path), "failed", error=str(exc)))
-                on_file(results[-1])
+                img = load_image(path)
+                loaded.append((path, outputs, img, image_to_tensor(img, method.resolution)))
+            except Exception as exc:
+                report(_failed(path, exc))
         if not loaded:
             continue
-        x = torch.cat([image_to_tensor(img, method.resolution) for _, img in loaded])
-        try:
-            inversion = method.invert(x)
-        except Exception as exc:  # a method failure must not lose the rest of the batch
-            for path, _ in loaded:
-                results.append(FileResult(str(path), "failed", error=f"{type(exc).__name__}: {exc}"))
-                on_file(results[-1])
-            continue
-        recon = tensor_to_images(inversion.image)
-        for i, (path, img) in enumerate(loaded):
+        inversions = _invert_each(method, torch.cat([x for *_, x in loaded]))
+        for (path, outputs, img, _), inversion in zip(loaded, inversions):
             try:
-                written = [save_image(recon[i], out / f"{path.stem}.png", protected=files),
-                           save_latent(out / f"{path.stem}{SUFFIX}", inversion, i, pack_name, method.name, str(path))]
+                if isinstance(inversion, Exception):
+                    raise inversion
+                for name, code in inversion.latents.items():
+                    _finite(code, f"code {name!r}")
+                recon = tensor_to_images(_finite(inversion.image, "reconstruction"))[0]
+                contents = {outputs[0]: encode_image(recon, outputs[0]),
+                            outputs[1]: latent_bytes(inversion, 0, pack_name, method.name, str(path))}
                 if compare:
-                    side = make_grid([img.resize(recon[i].size, Image.LANCZOS), recon[i]], columns=2)
-                    written.append(save_image(side, out / f"{path.stem}_compare.png", protected=files))
-                results.append(FileResult(str(path), "done", [str(p) for p in written]))
-            except (ImageError, OSError) as exc:
-                results.append(FileResult(str(path), "failed", error=str(exc)))
-            on_file(results[-1])
+                    side = make_grid([img.resize(recon.size, Image.LANCZOS), recon], columns=2)
+                    contents[outputs[2]] = encode_image(side, outputs[2])
+                write_files(contents)
+                report(FileResult(printable(path), "done", [printable(p) for p in contents]))
+            except Exception as exc:
+                report(_failed(path, exc))
     return results
 
 
 def parse_strengths(text: str) -> list[float]:
-    """'2' -> [2.0]; '-3:3:7' -> 7 values from -3 to 3."""
+    """'2' -> [2.0]; '-3:3:7' -> 7 values from -3 to 3. ValueError (one line) for anything else, for values that are
+    not finite or beyond ±MAX_STRENGTH, and for sweeps of more than MAX_SWEEP_STEPS."""
     parts = text.split(":")
     try:
         if len(parts) == 1:
-            return [float(parts[0])]
-        if len(parts) == 3:
-            a, b, n = float(parts[0]), float(parts[1]), int(parts[2])
-            if n < 2:
-                raise ValueError
-            return [a + (b - a) * k / (n - 1) for k in range(n)]
+            ends, count = [float(parts[0])], 1
+        elif len(parts) == 3:
+            ends, count = [float(parts[0]), float(parts[1])], int(parts[2])
+        else:
+            raise ValueError
     except ValueError:
-        pass
-    raise ValueError(f"bad strength {text!r}: use a number, or START:END:COUNT for a sweep (e.g. -3:3:7)")
+        raise ValueError(f"bad strength {text!r}: use a number, or START:END:COUNT for a sweep (e.g. -3:3:7)") from None
+    for value in ends:
+        if not math.isfinite(value) or abs(value) > MAX_STRENGTH:
+            raise ValueError(f"bad strength {text!r}: strengths are finite numbers within ±{MAX_STRENGTH:g} "
+                             "(1 to 3 is a clear edit)")
+    if len(ends) == 1:
+        return ends
+    if not 2 <= count <= MAX_SWEEP_STEPS:
+        raise ValueError(f"bad sweep {text!r}: COUNT is 2 to {MAX_SWEEP_STEPS} frames")
+    a, b = ends
+    return [a + (b - a) * k / (count - 1) for k in range(count)]
 
 
 def edit_files(method, pack_name: str, sources: list[Path], edits: list[tuple[str, torch.Tensor, list[float]]],
                out: Path, from_latents: bool = False, batch: int = 8,
                on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
     """Apply all edits at once (their vectors times their strengths summed); a sweep (one edit with several
-    strengths) writes a grid and an animated GIF per file."""
-    results = []
+    strengths) writes a grid and an animated GIF per file. With `from_latents`, `sources` are latent files, checked
+    against the pack and method."""
+    results: list[FileResult] = []
+
+    def report(result: FileResult) -> None:
+        results.append(result)
+        on_file(result)
+
     sweep = len(edits) == 1 and len(edits[0][2]) > 1
     label = "_".join(f"{name}{s[0]:+g}" if len(s) == 1 else f"{name}{s[0]:+g}..{s[-1]:+g}" for name, _, s in edits)
-    for chunk in _batches(sources, batch):
+    spec = LatentSpec.of(method, pack_name) if from_latents else None
+    protected = ProtectedPaths(sources)
+    todo = []
+    for path, stem in zip(sources, output_stems(sources)):
+        outputs = [out / f"{stem}_{label}.png"] + ([out / f"{stem}_{label}.gif"] if sweep else [])
+        try:
+            for output in outputs:
+                protected.check(output)
+            todo.append((path, outputs))
+        except ImageError as exc:
+            report(_failed(path, exc))
+    for chunk in _batches(todo, batch):
         items = []
-        for path in chunk:
+        if from_latents:
+            for path, outputs in chunk:
+                try:
+                    items.append((path, outputs, load_latent(path, spec)[0]))
+                except Exception as exc:
+                    report(_failed(path, exc))
+        else:
+            loaded = []
+            for path, outputs in chunk:
+                try:
+                    loaded.append((path, outputs, image_to_tensor(load_image(path), method.resolution)))
+                except Exception as exc:
+                    report(_failed(path, exc))
+            if loaded:
+                inversions = _invert_each(method, torch.cat([x for *_, x in loaded]))
+                items = [(path, outputs, inversion) for (path, outputs, _), inversion in zip(loaded, inversions)]
+        for path, outputs, inversion in items:
             try:
-                if from_latents:
-                    inversion, meta = load_latent(path)
-                    if meta.get("pack") != pack_name:
-                        raise ImageError(f"{path}: latent of pack {meta.get('pack')!r}, not {pack_name!r}")
-                    if meta.get("method") != method.name:
-                        raise ImageError(f"{path}: latent of method {meta.get('method')!r}, not {method.name!r}")
-                else:
-                    inversion = method.invert(image_to_tensor(load_image(path), method.resolution))
-                items.append((path, inversion))
-            except Exception as exc:
-                results.append(FileResult(str(path), "failed", error=str(exc)))
-                on_file(results[-1])
-        for path, inversion in items:
-            stem = path.name[: -len(SUFFIX)] if path.name.endswith(SUFFIX) else path.stem
-            try:
+                if isinstance(inversion, Exception):
+                    raise inversion
                 if sweep:
-                    name, vector, strengths = edits[0]
-                    frames = [tensor_to_images(method.edit(inversion, vector, s))[0] for s in strengths]
-                    grid = save_image(make_grid(frames, columns=len(frames)), out / f"{stem}_{label}.png", protected=sources)
-                    gif = out / f"{stem}_{label}.gif"
-                    with atomic_path(gif) as tmp:
-                        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:] + frames[-2:0:-1],
-                                       duration=120, loop=0)
-                    written = [grid, gif]
+                    _, vector, strengths = edits[0]
+                    frames = [tensor_to_images(_finite(method.edit(inversion, vector, s), "edited image"))[0]
+                              for s in strengths]
+                    gif = io.BytesIO()
+                    frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:] + frames[-2:0:-1],
+                                   duration=120, loop=0)
+                    contents = {outputs[0]: encode_image(make_grid(frames, columns=len(frames)), outputs[0]),
+                                outputs[1]: gif.getvalue()}
                 else:
                     total = sum(vector * s[0] for _, vector, s in edits)
-                    image = tensor_to_images(method.edit(inversion, total, 1.0))[0]
-                    written = [save_image(image, out / f"{stem}_{label}.png", protected=sources)]
-                results.append(FileResult(str(path), "done", [str(p) for p in written]))
-            except (ImageError, OSError) as exc:
-                results.append(FileResult(str(path), "failed", error=str(exc)))
-            on_file(results[-1])
+                    image = tensor_to_images(_finite(method.edit(inversion, total, 1.0), "edited image"))[0]
+                    contents = {outputs[0]: encode_image(image, outputs[0])}
+                write_files(contents)
+                report(FileResult(printable(path), "done", [printable(p) for p in contents]))
+            except Exception as exc:
+                report(_failed(path, exc))
     return results

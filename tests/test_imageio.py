@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from stylecli.imageio import (ImageError, image_to_tensor, list_images, load_image, make_grid, save_image,
-                              tensor_to_images)
+from stylecli.imageio import (ImageError, ProtectedPaths, image_to_tensor, list_images, load_image, make_grid,
+                              save_image, tensor_to_images)
 
 
 def test_exif_orientation_is_applied(tmp_path):
@@ -71,9 +71,12 @@ def test_save_is_atomic_and_never_replaces_an_input(tmp_path):
     Image.new("RGB", (4, 4), (9, 9, 9)).save(src)
     before = src.read_bytes()
     with pytest.raises(ImageError, match="refusing to overwrite an input"):
-        save_image(Image.new("RGB", (4, 4)), tmp_path / "." / "face.png", protected=[src])
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "." / "face.png", protected=ProtectedPaths([src]))
+    (tmp_path / "link.png").symlink_to(src)  # replacing a link to an input is refused too
+    with pytest.raises(ImageError, match="refusing to overwrite an input"):
+        save_image(Image.new("RGB", (4, 4)), tmp_path / "link.png", protected=ProtectedPaths([src]))
     assert src.read_bytes() == before
-    out = save_image(Image.new("RGB", (4, 4)), tmp_path / "out" / "a.png", protected=[src])
+    out = save_image(Image.new("RGB", (4, 4)), tmp_path / "out" / "a.png", protected=ProtectedPaths([src]))
     assert out.is_file() and not list((tmp_path / "out").glob(".*.tmp"))
     with pytest.raises(ImageError, match="unknown image type"):
         save_image(Image.new("RGB", (4, 4)), tmp_path / "x.unknown")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 import typer
+from rich.text import Text
 
 from .bench import bench_app
 from .commands import register_commands
@@ -37,6 +38,7 @@ register_targets(train_app)
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from ..directions import DirectionError
+    from ..fileio import OutputError
     from ..imageio import ImageError
     from ..latents import LatentError
     from ..methods.base import MethodUnavailable
@@ -44,7 +46,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from ..packs.convert import ConversionError
     from ..packs.pack import PackError
     from .common import UsageError
-    return ImageError, MethodUnavailable, ModelError, ConversionError, PackError, UsageError, DirectionError, LatentError
+    return (ImageError, MethodUnavailable, ModelError, ConversionError, PackError, UsageError, DirectionError, LatentError,
+            OutputError)
 
 
 def main() -> None:
@@ -55,6 +58,7 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:
         if isinstance(exc, _user_errors()):
-            console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            message = " ".join(str(exc).split())  # one line, whatever the message held
+            console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
             sys.exit(2)
         raise

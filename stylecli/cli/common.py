@@ -8,19 +8,35 @@ from contextlib import contextmanager
 
 import typer
 from rich.console import Console, RenderableType
-from rich.markup import escape  # noqa: F401  (for the commands: user and file-system text is not markup)
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from ..fileio import printable
 
 
-def _console(stderr: bool) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # Redirected to a file or a pipe, rich would wrap tables at 80 columns; logs get room for the widest instead.
-    width = None if stream.isatty() or "COLUMNS" in os.environ else 160
-    return Console(stderr=stderr, emoji=False, width=width)
+def escape(value: object) -> str:
+    """User or file-system text (a path, a pack name) for a message: printable whatever its bytes (a file name that
+    is not UTF-8 shows them as \\xNN). No markup escaping is needed: the consoles never read markup."""
+    return printable(str(value))
 
 
-console = _console(stderr=True)    # progress, status, messages and errors
-results = _console(stderr=False)   # what a command reports (tables), so that it can be piped and redirected
+class PlainConsole(Console):
+    """A console that prints text as it is given. Paths, pack names and file contents end up in messages, tables and
+    progress lines, and rich markup would read `[/b]` in a file name as a closing tag (a crash) or `[red]x.png` as a
+    style (the wrong name): markup is off, here and in status lines. Styled text is passed as `rich.text.Text`."""
+
+    def __init__(self, stderr: bool):
+        stream = sys.stderr if stderr else sys.stdout
+        # Redirected to a file or a pipe, rich would wrap tables at 80 columns; logs get room for the widest instead.
+        width = None if stream.isatty() or "COLUMNS" in os.environ else 160
+        super().__init__(stderr=stderr, emoji=False, markup=False, width=width)
+
+    def status(self, status: RenderableType, **kwargs):
+        return super().status(Text(status) if isinstance(status, str) else status, **kwargs)
+
+
+console = PlainConsole(stderr=True)    # progress, status, messages and errors
+results = PlainConsole(stderr=False)   # what a command reports (tables), so that it can be piped and redirected
 
 
 def show(result: RenderableType, json_output: bool = False) -> None:
@@ -41,7 +57,7 @@ class UsageError(Exception):
 @contextmanager
 def progress_bar(description: str, total: int):
     """A rich progress bar on stderr; yields a function that advances it by n."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from .common import DeviceOption, ModelOption, UsageError, console, progress_bar
+from .common import DeviceOption, ModelOption, UsageError, console, escape, progress_bar
 
 METHOD_HELP = "Inversion method: e4e, idinvert, fwplus, sfe or samm."
 
@@ -23,18 +23,30 @@ def _open_method(method: str, model: str, device: str, **options):
     return spec.load(pack, resolve_device(device), **options), pack
 
 
-def _finish(results, json_output: bool, what: str) -> None:
+def _finish(results, json_output: bool, what: str, debug: bool) -> None:
+    """Report a batch: failures one line each (tracebacks of internal errors with --debug), then a summary line;
+    exit code 1 when any file failed."""
     done = sum(r.status == "done" for r in results)
     skipped = sum(r.status == "skipped" for r in results)
     failed = [r for r in results if r.status == "failed"]
     if json_output:
         print(json.dumps([r.__dict__ for r in results], indent=2))
     for r in failed:  # one plain line each: long paths stay whole and copyable
+        if debug and r.traceback:
+            console.print(r.traceback.rstrip(), soft_wrap=True, highlight=False)
         console.print(f"failed: {r.error}" if r.source in (r.error or "") else f"failed: {r.source}: {r.error}",
                       soft_wrap=True, highlight=False)
-    console.print(f"{what}: {done} done, {skipped} skipped (outputs exist; --overwrite redoes them), {len(failed)} failed")
+    bugs = sum(r.traceback is not None for r in failed)
+    if bugs and not debug:
+        console.print(f"{bugs} of the failures are internal errors, not bad input: --debug prints their tracebacks "
+                      "(please report them)", soft_wrap=True, highlight=False)
+    skip_note = f", {skipped} skipped (outputs exist; --overwrite redoes them)" if skipped else ""
+    console.print(f"{what}: {done} done{skip_note}, {len(failed)} failed", highlight=False)
     if failed:
         raise typer.Exit(1)
+
+
+DebugOption = typer.Option(False, "--debug", help="Print the traceback of files that fail with an internal error.")
 
 
 def invert(
@@ -47,6 +59,7 @@ def invert(
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
     batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
     device: str = DeviceOption,
+    debug: bool = DebugOption,
 ):
     """Find photos in the generator's latent space; write reconstructions and latent codes.
 
@@ -56,19 +69,21 @@ def invert(
 
     Example: stylecli invert photos/ -o out/ --method e4e
     """
-    from ..imageio import list_images
+    from ..fileio import writable_folder
+    from ..imageio import READABLE_SUFFIXES, list_images
     from ..methods import get_method
     from ..pipeline import invert_files
 
     get_method(method)  # a bad method name is reported before anything is read
     files = list_images(input)
     if not files:
-        raise UsageError(f"{input}: no images found")
+        raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
+    writable_folder(out)  # before any work: an output folder that cannot be written is a usage error, not N failures
     runner, pack = _open_method(method, model, device)
     with progress_bar(f"inverting with {method}", len(files)) as advance:
         results = invert_files(runner, pack.name, files, out, compare=compare, overwrite=overwrite, batch=batch,
                                on_file=lambda r: advance())
-    _finish(results, json_output, "inverted")
+    _finish(results, json_output, "inverted", debug)
 
 
 def edit(
@@ -81,7 +96,9 @@ def edit(
     out: Path = typer.Option(Path("edited"), "--out", "-o", help="Output folder."),
     latent: bool = typer.Option(False, "--latent", help="INPUT holds saved .latent.safetensors files: no re-inversion."),
     json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
     device: str = DeviceOption,
+    debug: bool = DebugOption,
 ):
     """Invert a photo, move its code along semantic directions, and write the edited photo.
 
@@ -91,8 +108,9 @@ def edit(
     Example: stylecli edit face.jpg --direction smile --strength 2 --method sfe
     """
     from ..directions import DirectionError, get_direction
+    from ..fileio import writable_folder
     from ..imageio import list_images
-    from ..latents import SUFFIX
+    from ..latents import list_latents
     from ..methods import get_method
     from ..pipeline import edit_files, parse_strengths
 
@@ -108,18 +126,16 @@ def edit(
         raise UsageError(str(exc)) from None
     if len(direction) > 1 and any(len(s) > 1 for s in strengths):
         raise UsageError("a strength sweep works with a single --direction")
-    if latent:
-        path = Path(input)
-        sources = sorted(path.glob(f"*{SUFFIX}")) if path.is_dir() else [path]
-    else:
-        sources = list_images(input)
+    sources = list_latents(input) if latent else list_images(input)
     if not sources:
-        raise UsageError(f"{input}: nothing to edit")
+        raise UsageError(f"{escape(input)}: nothing to edit" + (" (no .latent.safetensors files)" if latent else ""))
+    writable_folder(out)
     runner, pack = _open_method(method, model, device)
     try:
         edits = [(name, get_direction(pack, name).vector, s) for name, s in zip(direction, strengths)]
     except DirectionError as exc:
         raise UsageError(str(exc)) from None
     with progress_bar(f"editing with {method}", len(sources)) as advance:
-        results = edit_files(runner, pack.name, sources, edits, out, from_latents=latent, on_file=lambda r: advance())
-    _finish(results, json_output, "edited")
+        results = edit_files(runner, pack.name, sources, edits, out, from_latents=latent, batch=batch,
+                             on_file=lambda r: advance())
+    _finish(results, json_output, "edited", debug)
