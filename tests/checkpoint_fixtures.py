@@ -6,18 +6,25 @@
   pickled by torch itself, exactly as in the official files.
 - rosinality `.pt`: {g_ema, d, latent_avg} with rosinality's own module names, written here by walking rosinality's
   structure (conv1, to_rgb1, convs.i, to_rgbs.k, noises.noise_j; convs.0 + ResBlocks, final_conv, final_linear).
+- Golden checkpoints (tests/golden): the official networks' state dicts and module records, made by NVIDIA's and
+  rosinality's own code, written back into the official on-disk layouts by `write_golden_nvidia_pkl` and
+  `write_golden_rosinality_pt`.
 """
 
 from __future__ import annotations
 
 import collections
+import copy
+import json
 import pickle
 import sys
 import types
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors.torch import load_file
 
 from stylecli.core.networks import Discriminator, Generator
 
@@ -177,3 +184,61 @@ def random_networks(seed=0):
                 p.normal_(0, 0.2)
         G.mapping.w_avg.normal_()
     return G.eval(), D.eval()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Golden checkpoints made by the official code (tests/golden/README.md)
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def golden_case(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(metadata, tensors) of a golden case; the metadata is a fresh copy that a test may change."""
+    return json.loads((GOLDEN / f"{name}.json").read_text()), load_file(GOLDEN / f"{name}.safetensors")
+
+
+def _easydicts(value, EasyDict):
+    if isinstance(value, dict):
+        return EasyDict({k: _easydicts(v, EasyDict) for k, v in value.items()})
+    return value
+
+
+def _recorded_tree(records: dict, tensors: dict, prefix: str, path: str, rec, EasyDict, marker):
+    """The object NVIDIA's persistence pickles for the module at `path`: its recorded __dict__ with the tensors."""
+    r = records[path]
+    key = f"{prefix}.{path}." if path else f"{prefix}."
+    state = {
+        "training": False,
+        "_parameters": collections.OrderedDict(
+            (k, torch.nn.Parameter(tensors[key + k].clone(), requires_grad=False)) for k in r["parameters"]),
+        "_buffers": collections.OrderedDict((k, tensors[key + k].clone()) for k in r["buffers"]),
+        "_modules": collections.OrderedDict(
+            (k, _recorded_tree(records, tensors, prefix, f"{path}.{k}" if path else k, rec, EasyDict, marker))
+            for k in r["modules"]),
+        "_init_args": tuple(r["init_args"]),
+        "_init_kwargs": _easydicts(r["init_kwargs"], EasyDict),
+    }
+    # Gains are numpy scalars in the official objects (np.sqrt), pickled through numpy's own reconstructors.
+    state.update({k: np.float64(v) if k in r["numpy_attrs"] else copy.deepcopy(v) for k, v in r["attrs"].items()})
+    return _Persistent(rec, r["class_name"], state, marker)
+
+
+def write_golden_nvidia_pkl(path: Path, meta: dict, tensors: dict[str, torch.Tensor], marker: Path) -> Path:
+    """A stylegan2-ada-pytorch network-snapshot pickle {G, D, G_ema, augment_pipe, training_set_kwargs} rebuilt from
+    a golden case's records (meta["G_modules"], meta["D_modules"]) and state dicts ("G_ema.*", "D.*")."""
+    with official_modules() as (persistence, EasyDict):
+        rec = persistence._reconstruct_persistent_obj
+        G = lambda: _recorded_tree(meta["G_modules"], tensors, "G_ema", "", rec, EasyDict, marker)
+        data = {"G": G(), "D": _recorded_tree(meta["D_modules"], tensors, "D", "", rec, EasyDict, marker),
+                "G_ema": G(), "augment_pipe": None,
+                "training_set_kwargs": EasyDict(path="ffhq.zip", resolution=meta["G_kwargs"]["img_resolution"])}
+        with open(path, "wb") as fh:
+            pickle.dump(data, fh)
+    return path
+
+
+def write_golden_rosinality_pt(path: Path, tensors: dict[str, torch.Tensor]) -> Path:
+    """rosinality's converted-checkpoint layout {g_ema, d, latent_avg} (as convert_weight.py writes it)."""
+    part = lambda prefix: {k[len(prefix):]: v.clone() for k, v in tensors.items() if k.startswith(prefix)}
+    torch.save({"g_ema": part("g_ema."), "d": part("d."), "latent_avg": tensors["latent_avg"].clone()}, path)
+    return path

@@ -6,7 +6,8 @@ import pickle
 import pytest
 import torch
 
-from checkpoint_fixtures import random_networks, rosinality_generator_state, write_nvidia_pkl, write_rosinality_pt
+from checkpoint_fixtures import (golden_case, random_networks, rosinality_generator_state, write_golden_nvidia_pkl,
+                                 write_golden_rosinality_pt, write_nvidia_pkl, write_rosinality_pt)
 from stylecli.packs import Pack, write_pack
 from stylecli.packs.convert import ConversionError, convert_checkpoint
 
@@ -46,8 +47,9 @@ def test_rosinality_and_nvidia_layouts_of_the_same_weights_generate_the_same_ima
         torch.testing.assert_close(ros.generator(z, truncation_psi=0.7), nv.generator(z, truncation_psi=0.7))
         img = torch.randn(4, 3, 32, 32)
         torch.testing.assert_close(ros.discriminator(img), nv.discriminator(img))
-    ignored = ros.reports["generator"].ignored
-    assert any(k.endswith("blur.kernel") for k in ignored) and any(k.endswith("upsample.kernel") for k in ignored)
+    checked = ros.reports["generator"].checked  # rosinality's kernels are compared with the core's filter
+    assert any(k.endswith("blur.kernel") for k in checked) and any(k.endswith("upsample.kernel") for k in checked)
+    assert not ros.reports["generator"].ignored
 
 
 def test_a_missing_tensor_is_an_error_not_a_random_weight(tmp_path):
@@ -153,3 +155,138 @@ def test_official_e4e_checkpoint_layout_converts_exactly(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(E2(x), E(x))
         torch.testing.assert_close(G2.synthesis(E2(x)), G.synthesis(E(x)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Exact shapes and architecture settings, on official-looking checkpoints (tests/golden: the official code's records)
+
+def test_a_same_size_tensor_with_swapped_dimensions_is_refused(tmp_path):
+    """[16, 8, 3, 3] and [8, 16, 3, 3] hold as many numbers; the converter compares shapes, not element counts."""
+    meta, tensors = golden_case("nvidia")
+    key = "G_ema.synthesis.b32.conv0.weight"
+    assert tensors[key].shape == (8, 16, 3, 3)
+    tensors[key] = tensors[key].transpose(0, 1).contiguous()
+    with pytest.raises(ConversionError, match=r"synthesis\.b32\.conv0\.weight' has shape \(16, 8, 3, 3\), expected "
+                                              r"\(8, 16, 3, 3\)"):
+        convert_checkpoint(write_golden_nvidia_pkl(tmp_path / "s.pkl", meta, tensors, tmp_path / "m"))
+    # rosinality: a modulation weight [in_channels, w_dim] stored as [w_dim, in_channels].
+    _, tensors = golden_case("rosinality")
+    key = "g_ema.to_rgbs.2.conv.modulation.weight"
+    assert tensors[key].shape == (8, 32)
+    tensors[key] = tensors[key].t().contiguous()
+    with pytest.raises(ConversionError, match=r"has shape \(32, 8\), expected \(8, 32\)"):
+        convert_checkpoint(write_golden_rosinality_pt(tmp_path / "r.pt", tensors))
+
+
+def test_documented_rosinality_layouts_must_match_exactly(tmp_path):
+    """The [1, C, 1, 1] ToRGB bias is a documented layout; the same numbers as [C, 1, 1, 1] are not."""
+    _, tensors = golden_case("rosinality")
+    tensors["g_ema.to_rgbs.0.bias"] = tensors["g_ema.to_rgbs.0.bias"].reshape(3, 1, 1, 1)
+    with pytest.raises(ConversionError, match=r"'to_rgbs\.0\.bias' has shape \(3, 1, 1, 1\), expected \(1, 3, 1, 1\)"):
+        convert_checkpoint(write_golden_rosinality_pt(tmp_path / "r.pt", tensors))
+
+
+def _g_kwargs(meta):
+    return meta["G_modules"][""]["init_kwargs"]
+
+
+def _d_kwargs(meta):
+    return meta["D_modules"][""]["init_kwargs"]
+
+
+def _lr_multiplier_recorded_only(meta):
+    """What a pickle trained with lr_multiplier=0.1 records in its layers, with the top-level kwargs silent on it."""
+    for name, rec in meta["G_modules"].items():
+        if name.startswith("mapping.fc"):
+            rec["init_kwargs"]["lr_multiplier"] = 0.1
+            rec["attrs"]["bias_gain"] = 0.1
+            rec["attrs"]["weight_gain"] *= 10
+
+
+def _one_layer_attribute(meta):
+    meta["G_modules"]["mapping.fc1"]["attrs"]["bias_gain"] = 0.1  # fc0 (read for the setting) is fine
+
+
+REFUSED = {
+    "mapping lr_multiplier 0.1": (lambda m: _g_kwargs(m)["mapping_kwargs"].update(lr_multiplier=0.1),
+                                  r"G_ema: mapping_kwargs\.lr_multiplier=0\.1 is not supported; .* 0\.01 only"),
+    "lr_multiplier recorded only by the layers": (_lr_multiplier_recorded_only, r"mapping_kwargs\.lr_multiplier=0\.1"),
+    "one layer's recorded gain": (_one_layer_attribute, r"mapping\.fc1\.bias_gain is 0\.1 in the checkpoint"),
+    "conditional generator": (lambda m: _g_kwargs(m).update(c_dim=10), r"G_ema: c_dim=10 is not supported"),
+    "mapping activation": (lambda m: _g_kwargs(m)["mapping_kwargs"].update(activation="relu"),
+                           r"mapping_kwargs\.activation='relu'"),
+    "mapping layer_features": (lambda m: _g_kwargs(m)["mapping_kwargs"].update(layer_features=64),
+                               r"mapping_kwargs\.layer_features=64 .* w_dim only"),
+    "no w_avg": (lambda m: _g_kwargs(m)["mapping_kwargs"].update(w_avg_beta=None), r"mapping_kwargs\.w_avg_beta=None"),
+    "synthesis architecture": (lambda m: _g_kwargs(m)["synthesis_kwargs"].update(architecture="resnet"),
+                               r"synthesis_kwargs\.architecture='resnet' .* 'skip' only"),
+    "resample filter": (lambda m: _g_kwargs(m)["synthesis_kwargs"].update(resample_filter=[1, 2, 1]),
+                        r"synthesis_kwargs\.resample_filter=\[1, 2, 1\]"),
+    "kernel size": (lambda m: _g_kwargs(m)["synthesis_kwargs"].update(kernel_size=1),
+                    r"synthesis_kwargs\.kernel_size=1"),
+    "no noise": (lambda m: _g_kwargs(m)["synthesis_kwargs"].update(use_noise=False),
+                 r"synthesis_kwargs\.use_noise=False"),
+    "layer activation": (lambda m: _g_kwargs(m)["synthesis_kwargs"].update(activation="elu"),
+                         r"synthesis_kwargs\.activation='elu'"),
+    "an alias-free (stylegan3) setting": (lambda m: _g_kwargs(m).update(magnitude_ema_beta=0.999),
+                                          r"G_ema: unknown setting magnitude_ema_beta=0\.999"),
+    "D architecture": (lambda m: _d_kwargs(m).update(architecture="orig"), r"D: architecture='orig' .* 'resnet' only"),
+    "conditional D": (lambda m: _d_kwargs(m).update(c_dim=10), r"D: c_dim=10"),
+    "D activation": (lambda m: _d_kwargs(m)["block_kwargs"].update(activation="relu"), r"D: block_kwargs\.activation"),
+    "mbstd over the whole batch": (lambda m: _d_kwargs(m)["epilogue_kwargs"].update(mbstd_group_size=None),
+                                   r"epilogue_kwargs\.mbstd_group_size=None"),
+    "two mbstd channels": (lambda m: _d_kwargs(m)["epilogue_kwargs"].update(mbstd_num_channels=2),
+                           r"epilogue_kwargs\.mbstd_num_channels=2 .* 1 only"),
+}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_settings_the_core_cannot_honour_are_refused_by_name(name, tmp_path):
+    mutate, message = REFUSED[name]
+    meta, tensors = golden_case("nvidia")
+    mutate(meta)
+    with pytest.raises(ConversionError, match=message) as err:
+        convert_checkpoint(write_golden_nvidia_pkl(tmp_path / "s.pkl", meta, tensors, tmp_path / "m"))
+    assert "\n" not in str(err.value)
+
+
+def test_lr_multiplier_refusal_through_the_cli(tmp_path):
+    """The issue's case: `weights convert` of a mapping with lr_multiplier 0.1 ends with one error line and exit 2."""
+    import subprocess
+    import sys
+
+    meta, tensors = golden_case("nvidia")
+    _g_kwargs(meta)["mapping_kwargs"]["lr_multiplier"] = 0.1
+    pkl = write_golden_nvidia_pkl(tmp_path / "s.pkl", meta, tensors, tmp_path / "m")
+    out = subprocess.run([sys.executable, "-m", "stylecli", "weights", "convert", str(pkl), str(tmp_path / "pack")],
+                         capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "mapping_kwargs.lr_multiplier=0.1 is not supported" in out.stderr
+    assert not (tmp_path / "pack").exists()
+
+
+def test_a_filter_buffer_other_than_the_cores_is_refused(tmp_path):
+    """Filters are compared, not regenerated over: a pickle whose kwargs are silent but whose buffer differs."""
+    meta, tensors = golden_case("nvidia")
+    f = torch.tensor([1.0, 2, 1])
+    tensors["G_ema.synthesis.b16.conv0.resample_filter"] = (f.outer(f) / f.outer(f).sum())
+    with pytest.raises(ConversionError, match=r"'synthesis\.b16\.conv0\.resample_filter' is not the \[1, 3, 3, 1\]"):
+        convert_checkpoint(write_golden_nvidia_pkl(tmp_path / "s.pkl", meta, tensors, tmp_path / "m"))
+    _, tensors = golden_case("rosinality")
+    tensors["g_ema.convs.2.conv.blur.kernel"] = tensors["g_ema.convs.2.conv.blur.kernel"] / 4  # unscaled upsampling
+    with pytest.raises(ConversionError, match=r"'convs\.2\.conv\.blur\.kernel' is not the \[1, 3, 3, 1\]"):
+        convert_checkpoint(write_golden_rosinality_pt(tmp_path / "r.pt", tensors))
+
+
+def test_training_and_speed_settings_are_accepted_and_change_nothing(tmp_path):
+    meta, tensors = golden_case("nvidia")
+    g, d = _g_kwargs(meta), _d_kwargs(meta)
+    g["mapping_kwargs"].update(w_avg_beta=0.998, embed_features=64)
+    g["synthesis_kwargs"].update(num_fp16_res=4, fp16_channels_last=True, fused_modconv_default="inference_only")
+    d.update(num_fp16_res=4, cmap_dim=64, mapping_kwargs={"num_layers": 4})
+    d["block_kwargs"].update(fp16_channels_last=True, freeze_layers=2)
+    conv = convert_checkpoint(write_golden_nvidia_pkl(tmp_path / "s.pkl", meta, tensors, tmp_path / "m"))
+    with torch.no_grad():
+        img = conv.generator.eval()(tensors["z"], truncation_psi=0.7, noise_mode="const")
+        torch.testing.assert_close(img, tensors["img_psi0.7"], atol=1e-4, rtol=0)
+        torch.testing.assert_close(conv.discriminator.eval()(tensors["img_psi1"]), tensors["logits"], atol=1e-4, rtol=0)
