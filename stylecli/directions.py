@@ -39,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .fileio import atomic_path
+from .losses import AttributeKind, attribute_kinds
 from .packs.pack import MANIFEST, Pack, sha256_of
 
 FILE = "directions.safetensors"
@@ -174,8 +175,12 @@ def fit_normal(w: torch.Tensor, y: torch.Tensor, binary: bool, ridge: float = 1e
     return (normal / normal.norm()).float()
 
 
-def _is_binary(attribute: str, y: torch.Tensor) -> bool:
-    return attribute == "glasses" or bool(((y < 0.05) | (y > 0.95)).float().mean() > 0.9)
+def _is_binary(y: torch.Tensor, kind: AttributeKind | None) -> bool:
+    """Binary as the predictor declares it; labels it does not name (a categorical's columns, labels passed in)
+    count as binary when nearly all of them are near 0 or 1."""
+    if kind is not None:
+        return kind.kind == "binary"
+    return bool(((y < 0.05) | (y > 0.95)).float().mean() > 0.9)
 
 
 def edit_direction(w: torch.Tensor, normal: torch.Tensor, keep: list[torch.Tensor] = ()) -> torch.Tensor:
@@ -219,7 +224,8 @@ def fit_direction(G, predictor, attribute: str, name: str | None = None, count: 
         raise DirectionError(f"the predictor gives no scalar attribute {attribute!r}; it gives: "
                              f"{', '.join(k for k, v in labels.items() if v.ndim == 1)}")
     y = scalars[attribute]
-    binary = _is_binary(attribute, y)
+    kinds = attribute_kinds(predictor)
+    binary = _is_binary(y, kinds.get(attribute))
     held = [a for a in scalars if a != attribute] if hold else []
     unmodelled = []                      # conditions with no labelled attribute: keep the edit orthogonal to them
     for other in condition:
@@ -228,7 +234,7 @@ def fit_direction(G, predictor, attribute: str, name: str | None = None, count: 
             unmodelled.append(other.vector[other.vector.norm(dim=1).argmax()].float())
         elif other_attribute not in held and other_attribute != attribute:
             held.append(other_attribute)
-    keep = [fit_normal(w, scalars[a], _is_binary(a, scalars[a])) for a in held] + unmodelled
+    keep = [fit_normal(w, scalars[a], _is_binary(scalars[a], kinds.get(a))) for a in held] + unmodelled
     rows = _layer_mask(G.num_ws, layers)[:, 0].bool()
     gradient_held = [a for a in held if a in (gradients or {})]
     keep += [F.normalize(gradients[a][rows].sum(0), dim=0) for a in gradient_held]

@@ -5,6 +5,9 @@ is LPIPS(alex) (the `lpips` package, with its AlexNet backbone from the pack's `
 identity slot ArcFace IR-SE50 (`arcface.safetensors`), both on the generator output pooled to 256 as in e4e; when a
 file is missing the error names it. `stylecli weights add-loss-nets` puts them in a pack from the usual downloads
 (torchvision's AlexNet weights, pSp/e4e's `model_ir_se50.pth`); nothing is downloaded at run time.
+
+The attribute slot (None when the pack has no predictor) says what it predicts in `attribute_kinds`: the benches take
+the attributes they measure from there and `directions fit` which ones are binary, never from names in the code.
 """
 
 from __future__ import annotations
@@ -23,6 +26,33 @@ LOSS_NETWORKS = ("lpips_alexnet", "arcface")     # real-face loss slots: pack ne
 LOSS_RESOLUTION = 256                            # e4e pools generator output to 256 before LPIPS and ArcFace
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+KINDS = ("continuous", "binary", "categorical")
+
+
+@dataclass(frozen=True)
+class AttributeKind:
+    """One output of an attribute predictor's `predict`."""
+    kind: str                       # continuous ([N], its own units), binary ([N] probability), categorical ([N, K])
+    editable: bool = False          # an edit is about it (the others describe identity or the scene)
+    classes: tuple[str, ...] = ()   # categorical: the names of the K columns
+
+    def __post_init__(self):
+        assert self.kind in KINDS, f"attribute kind {self.kind!r} is not one of {KINDS}"
+
+    @property
+    def scalar(self) -> bool:
+        """One number per image (what a direction can be fitted to and an edit measured on)."""
+        return self.kind != "categorical"
+
+
+def attribute_kinds(predictor) -> dict[str, AttributeKind]:
+    """What an attribute predictor predicts, by name ({} for no predictor); it declares them in `attribute_kinds`."""
+    if predictor is None:
+        return {}
+    kinds = getattr(predictor, "attribute_kinds", None)
+    if kinds is None:
+        raise TypeError(f"the attribute predictor {type(predictor).__name__} declares no attribute_kinds")
+    return dict(kinds)
 
 
 @dataclass

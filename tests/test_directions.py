@@ -9,6 +9,7 @@ import torch
 
 from stylecli.directions import (Direction, DirectionError, edit_direction, fit_direction, import_directions,
                                  mean_gradients, pca_directions, sample_labelled, scalar_labels)
+from stylecli.losses import AttributeKind
 
 W_DIM, NUM_WS = 12, 4
 
@@ -100,6 +101,7 @@ class ToyGenerator(torch.nn.Module):
 
 class ToyPredictor:
     editable_attributes = ("smile", "beard")
+    attribute_kinds = {"smile": AttributeKind("continuous", True), "beard": AttributeKind("continuous", True)}
 
     def predict(self, image):
         rows = image[:, 0]
@@ -135,6 +137,23 @@ def test_gradient_holds_stop_an_edit_moving_a_non_linearly_encoded_attribute():
         held = fit_direction(G, P, "smile", layers=layers, samples=samples, gradients=grads)
         assert held.info["gradient_held"] == ["beard"] and linear.info["gradient_held"] == []
         assert abs(beard_change(held)) < 0.1 * abs(beard_change(linear))
+
+
+def test_binary_attributes_are_the_ones_the_predictor_declares_binary():
+    """Logistic or ridge regression by the declared kind, not by the attribute's name or its values' spread."""
+    w, _ = anisotropic_w(spread=1)
+    score = torch.sigmoid(w @ torch.randn(W_DIM, generator=torch.Generator().manual_seed(4)))  # spread over (0, 1)
+    labels = {"glasses": score, "spectacles": score}
+
+    class Declared:
+        attribute_kinds = {"glasses": AttributeKind("continuous"), "spectacles": AttributeKind("binary")}
+
+    G = SimpleNamespace(num_ws=NUM_WS)
+    assert not fit_direction(G, Declared(), "glasses", hold=False, samples=(w, labels)).info["binary"]
+    assert fit_direction(G, Declared(), "spectacles", hold=False, samples=(w, labels)).info["binary"]
+    # Labels passed without a predictor: binary when nearly all are near 0 or 1.
+    assert not fit_direction(G, None, "glasses", hold=False, samples=(w, labels)).info["binary"]
+    assert fit_direction(G, None, "glasses", hold=False, samples=(w, {"glasses": (score > 0.5).float()})).info["binary"]
 
 
 def test_scalar_labels_split_categoricals():

@@ -132,3 +132,17 @@ def test_arcface_embeds_official_shapes():
     torch.testing.assert_close(e.norm(dim=1), torch.ones(3))
     with pytest.raises(AssertionError, match="112"):
         net(torch.randn(1, 3, 64, 64))
+
+
+def test_attribute_kinds_are_asked_of_the_predictor():
+    from stylecli.losses import AttributeKind, attribute_kinds
+
+    class Declared:
+        attribute_kinds = {"smile": AttributeKind("continuous", editable=True)}
+
+    assert attribute_kinds(None) == {}
+    assert attribute_kinds(Declared()) == {"smile": AttributeKind("continuous", editable=True)}
+    with pytest.raises(TypeError, match="declares no attribute_kinds"):
+        attribute_kinds(object())
+    with pytest.raises(AssertionError, match="not one of"):
+        AttributeKind("ordinal")

@@ -40,3 +40,26 @@ def test_domain_network_interfaces():
         assert (perceptual_distance(net, x, y) > 0).all()
         assert torch.allclose(id_similarity(net, x, x), torch.ones(2), atol=1e-5)
         assert [f.shape[-1] for f in net.features(x)] == [64, 32, 16, 8]
+
+
+def test_attribute_kinds_come_from_the_shipped_domain_networks_heads():
+    from pathlib import Path
+
+    from stylecli.losses import attribute_kinds
+    from stylecli.packs import Pack
+
+    net = Pack.open(str(Path(__file__).resolve().parents[1] / "weights" / "synthface-64")).load("domainnet")
+    kinds = attribute_kinds(net)
+    assert {n for n, k in kinds.items() if k.editable} == {"smile", "yaw", "age", "glasses", "beard", "eyebrows",
+                                                          "hair_hue"}
+    assert {n for n, k in kinds.items() if k.kind == "binary"} == {"glasses"}
+    assert kinds["hair_style"].kind == "categorical" and not kinds["hair_style"].scalar
+    assert kinds["hair_style"].classes == ("short", "long", "bob", "spiky", "bald")
+    assert kinds["skin"].kind == "continuous" and not kinds["skin"].editable
+    # The kinds describe exactly what predict returns: a value per image, or a probability per class.
+    with torch.no_grad():
+        predicted = net.predict(torch.rand(3, 3, 64, 64) * 2 - 1)
+    assert set(predicted) == set(kinds)
+    for name, kind in kinds.items():
+        assert predicted[name].shape == ((3, len(kind.classes)) if kind.kind == "categorical" else (3,)), name
+    assert ((predicted["glasses"] >= 0) & (predicted["glasses"] <= 1)).all()

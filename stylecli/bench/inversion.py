@@ -1,19 +1,27 @@
 """The evaluation bench shared by every method (`stylecli bench inversion|editing`).
 
-Inversion, on a held-out set of the synthetic domain: PSNR, SSIM, MS-SSIM (pytorch-msssim; the window is 11 taps
-where the image allows, else the largest that fits MS-SSIM's four downsamplings: 3 taps at 64 px), L2 (MSE in
-[-1, 1]), perceptual distance and ID similarity (the pack's loss networks), domain FID between reconstructions and
-inputs, seconds per image at batch 1 (median) and peak memory.
+An evaluation set is a synthetic set's name or a folder of aligned images with optional labels and masks
+(`stylecli.data.sets.evaluation_set`). Attribute names and kinds come from the pack's attribute predictor
+(`attribute_kinds`); on a pack without one every metric that does not need it is still computed.
 
-Editing, on `indomain`: for each direction, the change of its attribute per unit strength (in standard deviations
-of that attribute over the set), the mean absolute drift of every other attribute (same units), and the ID
-similarity between the edited and the unedited reconstruction.
+Inversion: PSNR, SSIM, MS-SSIM (pytorch-msssim; the window is 11 taps where the image allows, else the largest that
+fits MS-SSIM's four downsamplings: 3 taps at 64 px), L2 (MSE in [-1, 1]), perceptual distance and ID similarity (the
+pack's loss networks), seconds per image at batch 1 (median) and peak memory. With masks: the PSNR outside them (the
+face around added objects). With an attribute predictor: domain FID between reconstructions and inputs, and the mean
+absolute change of the editable attributes from input to reconstruction (in std over the set). A metric that cannot
+be computed is left out of the row, its reason under `skipped`.
+
+Editing, on `indomain` or another set: for each direction, the change of its attribute per unit strength (in standard
+deviations of that attribute over the set), the mean absolute drift of every other editable attribute (same units),
+and the ID similarity between the edited and the unedited reconstruction. The standard deviations come from the set's
+labels where they hold the attribute, else from the predictor's predictions on the set's images.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import MISSING, dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -21,17 +29,66 @@ import torch
 from PIL import Image
 from pytorch_msssim import ms_ssim, ssim
 
-from ..data.render import ATTRIBUTES
-from ..data.sets import make_sample, rerender
+from ..data.render import ATTRIBUTES, FaceParams
+from ..data.sets import evaluation_set, rerender
 from ..imageio import image_to_tensor, make_grid, tensor_to_images
-from ..losses import LossNetworks
+from ..losses import LossNetworks, attribute_kinds
 from .quality import frechet_distance
 from .timing import measure
 
+NO_PREDICTOR = "the pack has no attribute predictor"
+FID_MIN_COUNT = 10  # fewer images give no usable covariance
 
-def load_set(set_name: str, count: int, resolution: int) -> tuple[torch.Tensor, list[dict]]:
-    samples = [make_sample(set_name, i, resolution) for i in range(count)]
-    return torch.cat([image_to_tensor(s.image) for s in samples]), [s.label for s in samples]
+
+@dataclass
+class BenchSet:
+    name: str
+    images: torch.Tensor                 # [N, 3, R, R] in [-1, 1]
+    labels: list[dict] | None            # None: the set has no labels
+    masks: torch.Tensor | None           # [N, 1, R, R] bool, True where pixels were added; None: no masks
+    unreadable: list[str] = field(default_factory=list)  # files of a folder passed over
+
+
+def load_set(source: str, count: int, resolution: int) -> BenchSet:
+    """The first `count` images of a set name or a folder at `resolution` (masks resized nearest-neighbour)."""
+    found = evaluation_set(source, count, resolution)
+    images = torch.cat([image_to_tensor(s.image, resolution) for s in found.samples])
+    masks = None
+    if found.masked:
+        size = (resolution, resolution)
+        masks = torch.stack([torch.from_numpy(np.asarray(s.mask.resize(size, Image.NEAREST)) >= 128)
+                             for s in found.samples])[:, None]
+    labels = [s.label for s in found.samples] if found.labelled else None
+    return BenchSet(source, images, labels, masks, found.unreadable)
+
+
+def editable_attributes(predictor) -> list[str]:
+    """The scalar attributes an edit is about, as the predictor declares them."""
+    return [name for name, kind in attribute_kinds(predictor).items() if kind.editable and kind.scalar]
+
+
+@torch.no_grad()
+def predictions(predictor, images: torch.Tensor, names: list[str], batch: int = 16) -> dict[str, torch.Tensor]:
+    """The predictor's values [N] of `names` on images [N, 3, R, R]."""
+    out = {n: [] for n in names}
+    for chunk in images.split(batch):
+        predicted = predictor.predict(chunk)
+        for n in names:
+            out[n].append(predicted[n])
+    return {n: torch.cat(v) for n, v in out.items()}
+
+
+def attribute_std(predictor, bench_set: BenchSet, names: list[str]) -> dict[str, float]:
+    """The std of each attribute over the set: from the labels when every label holds it, else from the
+    predictor's predictions on the set's images."""
+    labels = bench_set.labels or []
+    std = {n: float(np.std([float(label[n]) for label in labels]))
+           for n in names if labels and all(n in label for label in labels)}
+    unlabelled = [n for n in names if n not in std]
+    if unlabelled:
+        std.update({n: float(v.std(unbiased=False))
+                    for n, v in predictions(predictor, bench_set.images, unlabelled).items()})
+    return std
 
 
 def _counted(result, on_batch: Callable[[int], None], n: int):
@@ -66,17 +123,45 @@ def image_metrics(x: torch.Tensor, y: torch.Tensor, losses: LossNetworks) -> dic
     }
 
 
+def psnr_outside(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> float:
+    """Mean PSNR per image over the pixels outside its mask (images in [-1, 1], masks [N, 1, R, R] bool)."""
+    keep = (~masks).float().expand_as(x)
+    diff = ((x.clamp(-1, 1) - y.clamp(-1, 1)) / 2).square() * keep
+    mse01 = diff.sum(dim=[1, 2, 3]) / keep.sum(dim=[1, 2, 3]).clamp(min=1)
+    return float((10 * torch.log10(1 / mse01.clamp(min=1e-10))).mean())
+
+
 @torch.no_grad()
 def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, batch: int = 16,
                        timing_images: int = 20, on_batch: Callable[[int], None] = lambda n: None
                        ) -> tuple[dict, Image.Image]:
-    """Scores of `method` on `count` images of a held-out set; on_batch(n) after each batch of n inverted."""
-    x, _ = load_set(set_name, count, method.resolution)
+    """Scores of `method` on the first `count` images of a set name or folder; on_batch(n) after each batch of n
+    inverted. The row holds what could be measured; `skipped` names the rest and why."""
+    data = load_set(set_name, count, method.resolution)
+    x = data.images
     recon = torch.cat([_counted(method.invert(chunk).image, on_batch, len(chunk)) for chunk in x.split(batch)])
-    row = {"set": set_name, "count": count, **image_metrics(x, recon, losses)}
-    if losses.attributes is not None and count >= 10:
-        fx, fy = losses.attributes.pooled(x), losses.attributes.pooled(recon)
-        row["domain_fid"] = frechet_distance(fx, fy)
+    row = {"set": set_name, "count": len(x), **image_metrics(x, recon, losses)}
+    skipped = {}
+    if data.masks is not None:
+        row["psnr_unmasked"] = psnr_outside(x, recon, data.masks)
+    else:
+        skipped["psnr_unmasked"] = "the set has no masks"
+    predictor = losses.attributes
+    if predictor is None:
+        skipped.update(domain_fid=NO_PREDICTOR, attribute_error_std=NO_PREDICTOR)
+    else:
+        if len(x) >= FID_MIN_COUNT:
+            row["domain_fid"] = frechet_distance(predictor.pooled(x), predictor.pooled(recon))
+        else:
+            skipped["domain_fid"] = f"fewer than {FID_MIN_COUNT} images"
+        names = editable_attributes(predictor)
+        std = attribute_std(predictor, data, names)
+        before, after = predictions(predictor, x, names), predictions(predictor, recon, names)
+        row["attribute_error_std"] = float(np.mean([float((after[n] - before[n]).abs().mean()) / max(std[n], 1e-8)
+                                                    for n in names])) if names else math.nan
+    if data.unreadable:
+        row["unreadable"] = data.unreadable
+    row["skipped"] = skipped
     # Batch-1 time: the median of 30 calls cycling over the first images, after 3 warm-up calls. On a shared machine
     # single calls swing by a third; 10 calls left the median a few ms apart from run to run.
     singles = itertools.cycle(x[:timing_images].split(1))
@@ -84,7 +169,7 @@ def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, 
                 repeats=30)
     row["seconds_per_image"] = m.median
     row["peak_rss_bytes"] = m.peak_bytes
-    comparison = make_grid(tensor_to_images(torch.cat([x[:8], recon[:8]])), columns=min(8, count))
+    comparison = make_grid(tensor_to_images(torch.cat([x[:8], recon[:8]])), columns=min(8, len(x)))
     return row, comparison
 
 
@@ -92,14 +177,9 @@ def _edit_row(name: str, target: str, base: torch.Tensor, edited: torch.Tensor, 
               std: dict[str, float]) -> dict:
     """Scores of one edit: base and edited images [N, 3, R, R]; attribute changes in units of `std`, the target's
     with its standard error over the N faces (how far another draw of faces could move the mean change)."""
-    predict = losses.attributes.predict
-    before, after = {}, {}
-    for b, e in zip(base.split(16), edited.split(16)):
-        for store, img in ((before, b), (after, e)):
-            for n, v in predict(img).items():
-                if n in std:
-                    store.setdefault(n, []).append(v)
-    moved = {n: torch.cat(after[n]) - torch.cat(before[n]) for n in std}
+    names = list(std)
+    before, after = predictions(losses.attributes, base, names), predictions(losses.attributes, edited, names)
+    moved = {n: after[n] - before[n] for n in names}
     change = {n: float(moved[n].mean()) / max(std[n], 1e-8) for n in std}
     drift = {n: float(moved[n].abs().mean()) / max(std[n], 1e-8) for n in std if n != target}
     target_moved = moved.get(target)
@@ -111,50 +191,66 @@ def _edit_row(name: str, target: str, base: torch.Tensor, edited: torch.Tensor, 
             "id_similarity": float(losses.identity(edited, base).mean())}
 
 
-def _indomain_std(labels: list[dict]) -> dict[str, float]:
-    return {n: float(np.std([l[n] for l in labels])) for n in ATTRIBUTES}
+def _edit_scales(losses: LossNetworks, data: BenchSet, targets: list[str]) -> tuple[list[str], dict[str, float]]:
+    """The editable attributes (drift is measured on them) and the std over the set of those and of every target
+    the predictor gives as a scalar."""
+    if losses.attributes is None:
+        raise ValueError(f"editing metrics need an attribute predictor; {NO_PREDICTOR}")
+    kinds = attribute_kinds(losses.attributes)
+    editable = editable_attributes(losses.attributes)
+    measured = editable + [t for t in dict.fromkeys(targets) if t not in editable and t in kinds and kinds[t].scalar]
+    return editable, attribute_std(losses.attributes, data, measured)
+
+
+def _scales_for(target: str, editable: list[str], std: dict[str, float]) -> dict[str, float]:
+    return {n: std[n] for n in [*editable, target] if n in std}
 
 
 @torch.no_grad()
 def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int = 100, strength: float = 2.0,
-                     batch: int = 16, on_batch: Callable[[int], None] = lambda n: None) -> list[dict]:
-    """Edit scores of each direction on `count` `indomain` faces; on_batch(n) after each batch of n images inverted
-    or edited, (1 + len(directions)) * count in all."""
-    if losses.attributes is None:
-        raise ValueError("editing metrics need the pack's attribute predictor")
-    x, labels = load_set("indomain", count, method.resolution)
-    std = _indomain_std(labels)
-    inversions = [_counted(method.invert(chunk), on_batch, len(chunk)) for chunk in x.split(batch)]
+                     batch: int = 16, on_batch: Callable[[int], None] = lambda n: None,
+                     set_name: str = "indomain") -> list[dict]:
+    """Edit scores of each direction on the first `count` faces of a set; on_batch(n) after each batch of n images
+    inverted or edited, (1 + len(directions)) * count in all."""
+    data = load_set(set_name, count, method.resolution)
+    targets = {dname: direction.info.get("attribute", dname) for dname, direction in directions.items()}
+    editable, std = _edit_scales(losses, data, list(targets.values()))
+    inversions = [_counted(method.invert(chunk), on_batch, len(chunk)) for chunk in data.images.split(batch)]
     base = torch.cat([inv.image for inv in inversions])
     rows = []
     for dname, direction in directions.items():
         edited = torch.cat([_counted(method.edit(inv, direction.vector, strength), on_batch, len(inv.image))
                             for inv in inversions])
-        row = _edit_row(dname, direction.info.get("attribute", dname), base, edited, losses, std)
-        rows.append({**row, "strength": strength, "target_change_per_unit": row["target_change_std"] / strength})
+        row = _edit_row(dname, targets[dname], base, edited, losses, _scales_for(targets[dname], editable, std))
+        rows.append({**row, "set": set_name, "strength": strength,
+                     "target_change_per_unit": row["target_change_std"] / strength})
     return rows
 
 
 @torch.no_grad()
 def evaluate_reference_editing(losses: LossNetworks, attributes: dict[str, str], count: int, resolution: int,
-                               shift_std: float = 1.0) -> list[dict]:
-    """What an ideal edit scores: each `indomain` face rendered again with one attribute moved by `shift_std`
-    standard deviations (clipped to its range; glasses put on), scored like a method's edit of the rendered face.
+                               shift_std: float = 1.0, set_name: str = "indomain") -> list[dict]:
+    """What an ideal edit scores: each face of a set rendered again from its label with one renderer attribute moved
+    by `shift_std` standard deviations (clipped to its range; glasses put on), scored like a method's edit of the
+    rendered face. The set needs the renderer's labels (a synthetic set, or `stylecli data synth` output).
     attributes: row name -> attribute; names whose attribute the renderer does not have (PCA, imports) are skipped."""
-    if losses.attributes is None:
-        raise ValueError("editing metrics need the pack's attribute predictor")
-    x, labels = load_set("indomain", count, resolution)
-    std = _indomain_std(labels)
+    data = load_set(set_name, count, resolution)
+    required = [n for n, f in FaceParams.__dataclass_fields__.items() if f.default is f.default_factory is MISSING]
+    if data.labels is None or any(n not in label for label in data.labels for n in required):
+        raise ValueError(f"the renderer reference re-renders each face from its label: {set_name} has no renderer "
+                         "labels (use a synthetic set or a folder written by `stylecli data synth`)")
+    chosen = {name: a for name, a in attributes.items() if a in ATTRIBUTES}
+    editable, std = _edit_scales(losses, data, list(chosen.values()))
     rows = []
-    for name, attribute in attributes.items():
-        if attribute not in ATTRIBUTES:
-            continue
+    for name, attribute in chosen.items():
         low, high = ATTRIBUTES[attribute]
+        spread = float(np.std([float(label[attribute]) for label in data.labels]))  # in renderer units
 
         def moved(value: float) -> float:
-            return high if attribute == "glasses" else float(np.clip(value + shift_std * std[attribute], low, high))
+            return high if attribute == "glasses" else float(np.clip(value + shift_std * spread, low, high))
 
         edited = torch.cat([image_to_tensor(rerender(label, resolution, **{attribute: moved(label[attribute])}))
-                            for label in labels])
-        rows.append({**_edit_row(name, attribute, x, edited, losses, std), "shift_std": shift_std})
+                            for label in data.labels])
+        row = _edit_row(name, attribute, data.images, edited, losses, _scales_for(attribute, editable, std))
+        rows.append({**row, "set": set_name, "shift_std": shift_std})
     return rows

@@ -4,10 +4,11 @@
 - Precision/recall (Kynkaanniemi et al. 2019): a sample is "covered" when it lies inside the k-NN ball (k=3) of some
   sample of the other set; precision = generated samples covered by the real manifold, recall = real samples covered
   by the generated manifold.
-- Attributes: the mean predicted value of each editable attribute on generated versus rendered images, in units of
-  the rendered images' standard deviation.
-- Categories (hair style): the share of each predicted class on both sides and their total variation distance, a
-  diagnostic for recall (a style the generator renders badly or rarely leaves real faces uncovered).
+- Attributes: the mean predicted value of each editable attribute (as the network declares them) on generated versus
+  rendered images, in units of the rendered images' standard deviation.
+- Categories (each categorical output, e.g. hair style): the share of each predicted class on both sides and their
+  total variation distance, a diagnostic for recall (a style the generator renders badly or rarely leaves real faces
+  uncovered).
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import numpy as np
 import torch
 
 from ..core.networks import Generator
-from ..data.domainnet import CATEGORICAL, DomainNet
-from ..data.render import ATTRIBUTES, render_seed
+from ..data.domainnet import DomainNet
+from ..data.render import render_seed
 from ..data.sets import TRAIN_SEED_LIMIT
 from ..imageio import image_to_tensor
+from ..losses import attribute_kinds
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -91,13 +93,14 @@ def generator_quality(G: Generator, net: DomainNet, count: int = 5000, seed: int
     fake_feats, fake_pred = domain_outputs(net, generated_images(G, count, seed))
     real_feats, real_pred = domain_outputs(net, rendered_images(count, G.img_resolution, seed))
     precision, recall = precision_recall(real_feats, fake_feats)
+    kinds = attribute_kinds(net)
     attributes = {}
-    for name in ATTRIBUTES:
+    for name in [n for n, k in kinds.items() if k.editable and k.scalar]:
         std = float(real_pred[name].std())
         attributes[name] = {"generated_mean": float(fake_pred[name].mean()), "rendered_mean": float(real_pred[name].mean()),
                             "shift_in_std": abs(float(fake_pred[name].mean() - real_pred[name].mean())) / max(std, 1e-8)}
     categories = {}
-    for name, classes in CATEGORICAL.items():
+    for name, classes in [(n, k.classes) for n, k in kinds.items() if k.kind == "categorical"]:
         shares = [torch.bincount(pred[name].argmax(1), minlength=len(classes)).double() / count
                   for pred in (fake_pred, real_pred)]
         categories[name] = {"generated": dict(zip(classes, shares[0].tolist())),

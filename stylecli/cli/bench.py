@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -131,37 +133,72 @@ def _method_and_losses(method: str, model: str, device: str):
     return runner, pack, LossNetworks.from_pack(pack)
 
 
+SET_HELP = "indomain, detail, ood, geometric, or a folder of aligned images (optional labels.jsonl and NAME_mask.png)"
+
+
+@contextmanager
+def _usage_errors():
+    """An unknown set, an unusable folder or a pack without an attribute predictor as a one-line usage error."""
+    try:
+        yield
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _slug(set_name: str) -> str:
+    """A file-name part for a set name or folder path."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", set_name).strip("_.") or "set"
+
+
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return format(row[key], fmt) if key in row else "-"
+
+
 @bench_app.command("inversion")
 def inversion_command(
     method: list[str] = typer.Option(["e4e"], "--method", help="Methods to compare (repeatable)."),
     model: str = typer.Option("synthface-64", "--model", "-m", help="Pack to evaluate on."),
-    sets: list[str] = typer.Option(["indomain", "detail", "ood", "geometric"], "--set", help="Held-out sets."),
-    count: int = typer.Option(200, "--count", min=2, help="Images per set."),
+    sets: list[str] = typer.Option(["indomain", "detail", "ood", "geometric"], "--set",
+                                   help=f"Evaluation sets (repeatable): {SET_HELP}."),
+    count: int = typer.Option(200, "--count", min=2, help="Images per set (a folder's first ones)."),
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for results.json and comparisons."),
     device: str = DeviceOption,
 ):
-    """Reconstruction quality and speed of each method on the held-out sets; writes JSON and comparison images.
+    """Reconstruction quality and speed of each method on evaluation sets; writes JSON and comparison images.
 
-    Example: stylecli bench inversion --method e4e --model synthface-64 --count 200
+    Example: stylecli bench inversion --method e4e --model synthface-64 --count 200 --set ood --set data/my-faces
     """
     from ..bench.inversion import evaluate_inversion
+    from ..data.sets import check_evaluation_set
     from ..imageio import save_image
 
-    table = Table("method", "set", "PSNR", "SSIM", "MS-SSIM", "L2", "percept.", "ID sim", "FID", "s/img",
-                  title=f"inversion on {model} ({count} images per set)")
-    rows = []
+    with _usage_errors():
+        for set_name in sets:
+            check_evaluation_set(set_name)
+
+    table = Table("method", "set", "PSNR", "SSIM", "MS-SSIM", "L2", "percept.", "ID sim", "PSNR unmasked", "FID",
+                  "attr. err", "s/img", title=f"inversion on {model} (up to {count} images per set)")
+    rows, notes = [], {}  # note -> the sets it applies to
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
         for set_name in sets:
-            with progress_bar(f"{name} on {set_name}", count) as advance:
+            with progress_bar(f"{name} on {set_name}", count) as advance, _usage_errors():
                 row, comparison = evaluate_inversion(runner, losses, set_name, count, on_batch=advance)
             row["method"] = name
             rows.append(row)
-            save_image(comparison, out / f"{name}_{set_name}.png")
+            save_image(comparison, out / f"{name}_{_slug(set_name)}.png")
             table.add_row(name, set_name, f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", f"{row['ms_ssim']:.3f}",
                           f"{row['l2']:.4f}", f"{row['perceptual']:.4f}", f"{row['id_similarity']:.3f}",
-                          f"{row.get('domain_fid', float('nan')):.2f}", f"{row['seconds_per_image'] * 1e3:.1f} ms")
+                          _cell(row, "psnr_unmasked", ".2f"), _cell(row, "domain_fid", ".2f"),
+                          _cell(row, "attribute_error_std", ".3f"), f"{row['seconds_per_image'] * 1e3:.1f} ms")
+            for metric, why in row["skipped"].items():
+                notes.setdefault(f"{metric}: '-' where {why}", set()).add(set_name)
+            if row.get("unreadable"):
+                notes[f"{set_name}: {len(row['unreadable'])} unreadable file(s) passed over, e.g. "
+                      f"{row['unreadable'][0]}"] = set()
     show(table)
+    for note, on in notes.items():
+        console.print(note + (f" ({', '.join(sorted(on))})" if on else ""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "inversion.json").write_text(json.dumps(rows, indent=2))
     console.print(f"wrote {out}/inversion.json and comparison images (inputs on top, reconstructions below)")
@@ -173,11 +210,13 @@ def editing_command(
     model: str = typer.Option("synthface-64", "--model", "-m", help="Pack to evaluate on."),
     direction: list[str] = typer.Option([], "--direction", "-d", help="Directions (default: all fitted ones)."),
     strength: float = typer.Option(2.0, "--strength", help="Edit strength."),
-    count: int = typer.Option(100, "--count", min=2, help="Images from the indomain set."),
+    count: int = typer.Option(100, "--count", min=2, help="Images from the set."),
+    set_name: str = typer.Option("indomain", "--set", help=f"Evaluation set: {SET_HELP}."),
     layers: list[str] = typer.Option([], "--layers", help="Also measure each direction restricted to W+ rows "
                                      "START-END (inclusive; repeatable), to choose a direction's layers."),
     reference: bool = typer.Option(False, "--reference", help="Also score the renderer's exact edit (each face "
-                                   "rendered again with its attribute moved by 1 std): what an ideal edit scores."),
+                                   "rendered again with its attribute moved by 1 std): what an ideal edit scores; "
+                                   "needs a synthetic set or a `data synth` folder."),
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for editing.json."),
     device: str = DeviceOption,
 ):
@@ -186,11 +225,15 @@ def editing_command(
     Example: stylecli bench editing --method e4e --direction smile --strength 2 --layers 0-3 --layers 2-5
     """
     from ..bench.inversion import evaluate_editing, evaluate_reference_editing
+    from ..data.sets import check_evaluation_set
     from ..directions import get_direction, load_directions, parse_layers, restricted
+
+    with _usage_errors():
+        check_evaluation_set(set_name)
 
     ranges = [parse_layers(text) for text in layers]
     table = Table("method", "direction", "target change ± SE", "per unit", "max drift", "ID sim",
-                  title=f"editing on {model} at strength {strength} ({count} images), in attribute std")
+                  title=f"editing on {model}, {set_name}, at strength {strength} ({count} images), in attribute std")
     rows = []
 
     def add(row: dict, method_name: str, per_unit: str) -> None:
@@ -208,12 +251,12 @@ def editing_command(
         targets = {d: v.info.get("attribute", d) for d, v in chosen.items()}
         chosen.update({r.name: r for r in [restricted(v, span) for v in list(chosen.values()) for span in ranges]})
         what = f"{name}: inverting, then {len(chosen)} direction{'s' if len(chosen) > 1 else ''}"
-        with progress_bar(what, count * (1 + len(chosen))) as advance:
-            for row in evaluate_editing(runner, losses, chosen, count, strength, on_batch=advance):
+        with progress_bar(what, count * (1 + len(chosen))) as advance, _usage_errors():
+            for row in evaluate_editing(runner, losses, chosen, count, strength, on_batch=advance, set_name=set_name):
                 add(row, name, f"{row['target_change_per_unit']:+.2f}")
     if reference:
-        with console.status(f"renderer reference on {count} images"):
-            for row in evaluate_reference_editing(losses, targets, count, runner.resolution):
+        with console.status(f"renderer reference on {count} images"), _usage_errors():
+            for row in evaluate_reference_editing(losses, targets, count, runner.resolution, set_name=set_name):
                 add(row, "renderer", "(+1 std)")
     show(table)
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ One small CNN (any input size; 64x64 in the pack) provides
   pose, background and light stays close (cosine similarity is the ID similarity);
 - `predict(x)`: every render parameter (continuous ones in their own units, glasses as a probability, hair style as
   class probabilities), to label generated samples, fit directions and score edits;
-- `pooled(x)`: the penultimate features for domain FID and precision/recall.
+- `pooled(x)`: the penultimate features for domain FID and precision/recall;
+- `attribute_kinds`: what `predict` returns, by name, and of what kind (read from the heads; the bench and
+  `directions fit` ask it instead of naming attributes).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..losses import AttributeKind
 from .render import ATTRIBUTES, HAIR_STYLES
 
 CONTINUOUS = ("smile", "yaw", "age", "beard", "eyebrows", "hair_hue",
@@ -52,6 +55,20 @@ class DomainNet(nn.Module):
         self.editable_attributes = tuple(ATTRIBUTES)
         # Input normalisation: images arrive in [-1, 1].
         self.register_buffer("input_scale", torch.tensor(2.0))
+
+    @property
+    def attribute_kinds(self) -> dict[str, AttributeKind]:
+        """Every output of `predict`: the regression head's columns are continuous, the glasses head a binary
+        probability, the hair-style head categorical; `editable_attributes` marks the ones an edit is about."""
+        heads = ((self.regress, CONTINUOUS, "continuous"), (self.glasses, BINARY, "binary"))
+        kinds = {}
+        for head, names, kind in heads:
+            assert head.out_features == len(names), f"{kind} head has {head.out_features} outputs for {names}"
+            kinds.update({n: AttributeKind(kind, n in self.editable_attributes) for n in names})
+        for name, classes in CATEGORICAL.items():
+            assert getattr(self, name).out_features == len(classes), f"{name} head does not fit {classes}"
+            kinds[name] = AttributeKind("categorical", name in self.editable_attributes, tuple(classes))
+        return kinds
 
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
         """x [N, 3, H, W] in [-1, 1] -> the output of each stage."""

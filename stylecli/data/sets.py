@@ -81,14 +81,19 @@ class EvaluationSet:
     unreadable: list[str] = field(default_factory=list)  # files passed over
 
 
+def check_evaluation_set(source: str) -> None:
+    """Raise ValueError unless `source` names a set or a folder (before any work is spent on it)."""
+    if source not in SET_SEEDS and not Path(source).is_dir():
+        raise ValueError(f"{source}: neither a set ({', '.join(s for s in SET_SEEDS if s != 'train')}) nor a folder")
+
+
 def evaluation_set(source: str, count: int, resolution: int = 64) -> EvaluationSet:
     """The first `count` images of a set name or of a folder (see the module's docstring for the folder's layout)."""
+    check_evaluation_set(source)
     if source in SET_SEEDS:
         samples = [make_sample(source, i, resolution) for i in range(count)]
         return EvaluationSet(source, samples, labelled=True, masked=source == "ood")
     folder = Path(source)
-    if not folder.is_dir():
-        raise ValueError(f"{source}: neither a set ({', '.join(s for s in SET_SEEDS if s != 'train')}) nor a folder")
     labels = _read_labels(folder)
     samples, unreadable = [], []
     files = find_images(folder)
