@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .core.networks import Discriminator, Generator
+from .core.networks import Generator
 from .packs import Pack, PackError
 from .packs.convert import ConversionError, convert_checkpoint
 
@@ -30,16 +30,6 @@ def random_generator(config: str, seed: int = 0) -> Generator:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         return Generator(**CONFIGS[config]).eval().requires_grad_(False)
-
-
-def random_discriminator(config: str, seed: int = 0) -> Discriminator:
-    if config not in CONFIGS:
-        raise ModelError(f"unknown configuration {config!r}; choose from {', '.join(CONFIGS)}")
-    c = CONFIGS[config]
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return Discriminator(img_resolution=c["img_resolution"], channel_base=c["channel_base"],
-                             channel_max=c["channel_max"]).eval().requires_grad_(False)
 
 
 def load_generator(spec: str, device: str | torch.device = "cpu") -> Generator:

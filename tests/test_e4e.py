@@ -46,7 +46,7 @@ def pack(tmp_path_factory):
 
 def test_e4e_resume_is_exact(tmp_path, pack):
     base = dict(model=str(pack), batch=2, progressive_start=1, progressive_step=1, encoder=TINY_ENCODER,
-                checkpoint_every=2, log_every=1)
+                checkpoint_every=2, log_every=1, pool_size=3)  # pools full after the first checkpoint: swaps follow
     straight = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "a"), steps=4, **base))
     straight.run()
     E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), steps=2, **base)).run()
@@ -54,6 +54,17 @@ def test_e4e_resume_is_exact(tmp_path, pack):
     resumed.run()
     for key, value in straight.E.state_dict().items():
         torch.testing.assert_close(resumed.E.state_dict()[key], value, msg=key)
+    for key, value in straight.D.state_dict().items():
+        torch.testing.assert_close(resumed.D.state_dict()[key], value, msg=key)
+    for name in ("real_pool", "fake_pool"):
+        codes, again = getattr(straight, name).codes, getattr(resumed, name).codes
+        assert len(codes) == len(again) == 3 and all(torch.equal(a, b) for a, b in zip(codes, again))
+    # A run of the earlier trainer (a fake-only FIFO pool, Ranger without centralisation) is refused in one line.
+    state = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    del state["pool_rng"]
+    torch.save(state, tmp_path / "b" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="--init"):
+        E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), steps=6, **base), resume=True)
 
 
 def test_two_processes_take_identical_steps_on_their_own_images(tmp_path, pack):
@@ -129,6 +140,54 @@ def test_encoder_progressive_rows_and_official_configuration():
     official = Encoder4Editing(**EncoderConfig.ffhq().__dict__)
     assert official.taps == (6, 20, 23)
     assert sum(p.numel() for p in official.parameters()) > 2.6e8
+
+
+def test_latent_codes_pool_fills_then_returns_a_stored_code_half_the_time():
+    from stylecli.methods.e4e.train import LatentCodesPool
+    pool = LatentCodesPool(10, torch.Generator().manual_seed(0))
+    codes = torch.arange(400.0)[:, None].expand(400, 3)  # code i is the constant i: every code is told apart
+    first = pool.query(codes[:10])
+    assert torch.equal(first, codes[:10]) and [int(c[0]) for c in pool.codes] == list(range(10))  # filling
+    out = torch.cat([pool.query(codes[i:i + 5]) for i in range(10, 400, 5)])
+    swapped = (out != codes[10:]).any(1)
+    assert 0.42 < swapped.float().mean() < 0.58  # p = 1/2 over 390 draws (4 standard deviations: 0.40-0.60)
+    # A swap hands out a stored code (an earlier one) and keeps the new one: the pool's ten codes plus those handed out
+    # are exactly the first ten plus the swapped-in ones.
+    handed, swapped_in = out[swapped, 0].long(), torch.arange(10, 400)[swapped]
+    assert (handed < swapped_in).all()
+    stock = sorted(handed.tolist() + [int(c[0]) for c in pool.codes])
+    assert len(pool.codes) == 10 and stock == sorted(list(range(10)) + swapped_in.tolist())
+    again = LatentCodesPool(10, torch.Generator().manual_seed(0))  # the same draws from the same generator
+    assert torch.equal(torch.cat([again.query(codes[i:i + 5]) for i in range(0, 400, 5)]), torch.cat([first, out]))
+
+
+def test_latent_codes_pool_takes_one_random_active_row_per_sample():
+    from stylecli.methods.e4e.train import LatentCodesPool
+    rows = torch.arange(3.0)[None, :, None].expand(600, 3, 2)  # row r of every sample is the constant r
+    out = LatentCodesPool(1000, torch.Generator().manual_seed(1)).query(rows)
+    assert out.shape == (600, 2)
+    counts = torch.bincount(out[:, 0].long(), minlength=3)
+    assert counts.min() > 150  # each row about 200 times
+    assert torch.equal(LatentCodesPool(0, torch.Generator()).query(rows), rows[:, 0])  # no pool: w0, as e4e
+
+
+def test_delta_regulariser_covers_every_active_delta_row_as_e4e_does():
+    from stylecli.methods.e4e.train import delta_loss
+    torch.manual_seed(0)
+    w0, avg = torch.randn(3, 1, 4), torch.randn(1, 4)
+    for active in range(1, 7):
+        deltas = torch.randn(3, 6, 4)
+        deltas[:, 0], deltas[:, active:] = 0, 0  # as the encoder writes them: w0's row and inactive rows are zero
+        deltas.requires_grad_(True)
+        loss = delta_loss(deltas, active)
+        # e4e's coach at ProgressiveStage s = active - 1, on the codes it decodes (latent_avg added).
+        latent, stage = w0 + deltas + avg, active - 1
+        official = sum((latent[:, i] - latent[:, 0]).norm(2, dim=1).mean() for i in range(1, stage + 1))
+        torch.testing.assert_close(loss, torch.as_tensor(official, dtype=loss.dtype))
+        if active > 1:
+            (grad,) = torch.autograd.grad(loss, deltas)
+            touched = [i for i in range(6) if grad[:, i].abs().sum() > 0]
+            assert touched == list(range(1, active))  # the newest delta included
 
 
 def test_invert_a_folder_with_a_bad_file_then_skip_then_overwrite(tmp_path, pack):

@@ -165,6 +165,7 @@ def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_re
     assert set(manifest["networks"]) == {"generator", "discriminator", "domainnet"}
     assert manifest["provenance"]["generator"]["kimg"] == 0.004
     assert manifest["provenance"]["domainnet"]["steps"] == 3
+    assert manifest["provenance"]["domainnet"]["evaluation"]["images"] == 300  # evaluate_domainnet's figures
     bench = subprocess.run([sys.executable, "-m", "stylecli", "bench", "generator", "--model", str(pack), "--quality",
                             "--count", "20", "--floor", "--json"], capture_output=True, text=True)
     assert bench.returncode == 0, bench.stderr
@@ -176,3 +177,122 @@ def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_re
     assert result["floor"]["fid"] < result["fid"] and result["floor"]["precision"] > result["precision"]
     hair = result["categories"]["hair_style"]
     assert abs(sum(hair["generated"].values()) - 1) < 1e-6 and 0 <= hair["total_variation"] <= 1
+
+
+def _ranger_reference(p0, grads, lr, centre, b1=0.95, b2=0.999, eps=1e-5, k=6, alpha=0.5, threshold=5.0):
+    """Ranger from its equations (RAdam, Lookahead, gradient centralisation), one tensor, written out step by step."""
+    import math
+    p, slow, m, v = p0.clone(), p0.clone(), torch.zeros_like(p0), torch.zeros_like(p0)
+    rho_inf = 2 / (1 - b2) - 1
+    for t, g in enumerate(grads, 1):
+        if centre:  # each output unit's gradient minus its mean
+            g = g - g.mean(dim=tuple(range(1, g.ndim)), keepdim=True)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        rho = rho_inf - 2 * t * b2 ** t / (1 - b2 ** t)
+        if rho > threshold:
+            r = math.sqrt((rho - 4) * (rho - 2) * rho_inf / ((rho_inf - 4) * (rho_inf - 2) * rho))
+            p = p - lr * r * math.sqrt(1 - b2 ** t) / (1 - b1 ** t) * m / (v.sqrt() + eps)
+        else:
+            p = p - lr / (1 - b1 ** t) * m
+        if t % k == 0:
+            slow = slow + alpha * (p - slow)
+            p = slow.clone()
+    return p
+
+
+def test_ranger_matches_its_equations_over_both_radam_branches_and_a_lookahead_step():
+    from stylecli.train.optim import Ranger
+    torch.manual_seed(0)
+    params = [torch.randn(4, 3) * 1e-2, torch.randn(2, 3, 3, 3) * 1e-2, torch.randn(4) * 1e-2]  # linear, conv, bias
+    # Gradients of ~1e-4: sqrt(v) is then near eps (1e-5), so eps's value and place show in the result.
+    grads = [[torch.randn_like(p) * 1e-4 for _ in range(8)] for p in params]
+    b2 = 0.999
+    rho = [2 / (1 - b2) - 1 - 2 * t * b2 ** t / (1 - b2 ** t) for t in range(1, 9)]
+    assert min(rho) <= 5 < max(rho)  # steps on both sides of the rectification threshold, Lookahead at step 6
+    ps = [torch.nn.Parameter(p.clone()) for p in params]
+    opt = Ranger(ps, lr=1e-2)
+    for t in range(8):
+        for p, g in zip(ps, grads):
+            p.grad = g[t].clone()
+        opt.step()
+    for p0, g, p, centre in zip(params, grads, ps, (True, True, False)):
+        torch.testing.assert_close(p.detach(), _ranger_reference(p0, g, 1e-2, centre), rtol=1e-5, atol=1e-9)
+
+
+def test_ranger_centralises_linear_and_conv_weight_gradients_per_output_unit():
+    from stylecli.train.optim import Ranger
+    for conv_only in (False, True):
+        lin, conv = torch.nn.Linear(3, 4), torch.nn.Conv2d(3, 2, 3)
+        before = [p.detach().clone() for p in (lin.weight, lin.bias, conv.weight)]
+        # Every output unit's gradient is constant over its inputs: centralised, nothing is left of it.
+        lin.weight.grad = torch.arange(4.0)[:, None].expand(4, 3).clone() + 1
+        conv.weight.grad = torch.tensor([2.0, -3.0])[:, None, None, None].expand(2, 3, 3, 3).clone()
+        lin.bias.grad = torch.ones(4)
+        Ranger([lin.weight, lin.bias, conv.weight], lr=0.1, gc_conv_only=conv_only).step()
+        assert torch.equal(conv.weight, before[2])
+        assert torch.equal(lin.weight, before[0]) != conv_only  # gc_conv_only leaves linear weights alone
+        torch.testing.assert_close(lin.bias.detach(), before[1] - 0.1)  # step 1: p - lr g (biases never centred)
+
+
+def test_ranger_state_dict_resumes_exactly_across_lookahead_steps(tmp_path):
+    from stylecli.train.optim import Ranger
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), torch.randn(16, 1)
+
+    def make():
+        torch.manual_seed(1)
+        net = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        return net, Ranger(net.parameters(), lr=1e-2)
+
+    def steps(net, opt, n):
+        for _ in range(n):
+            opt.zero_grad()
+            torch.nn.functional.mse_loss(net(x), y).backward()
+            opt.step()
+
+    straight, opt = make()
+    steps(straight, opt, 13)
+    first, opt = make()
+    steps(first, opt, 5)
+    torch.save({"net": first.state_dict(), "opt": opt.state_dict()}, tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # as the trainers read checkpoints
+    assert {"step", "exp_avg", "exp_avg_sq", "slow_buffer"} <= set(state["opt"]["state"][0])
+    resumed, opt = make()
+    resumed.load_state_dict(state["net"])
+    opt.load_state_dict(state["opt"])
+    steps(resumed, opt, 8)  # through Lookahead's steps 6 and 12
+    for key, value in straight.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+
+
+def test_domainnet_resume_is_exact_and_independent_of_the_global_random_streams(tmp_path):
+    import numpy as np
+    from stylecli.train.domainnet import DomainNetTrainer, DomainNetTrainingConfig
+    cfg = lambda name: DomainNetTrainingConfig(run_dir=str(tmp_path / name), resolution=32, identities=4, steps=4,
+                                               checkpoint_every=100, log_every=1)
+    straight = DomainNetTrainer(cfg("a"))
+    straight.run()
+    interrupted = DomainNetTrainer(cfg("b"))
+    for _ in range(2):
+        interrupted.train_step()
+    interrupted.save()
+    torch.manual_seed(123), np.random.seed(123)  # another program's draws in between must not matter
+    resumed = DomainNetTrainer(cfg("b"), resume=True)
+    assert resumed.step == 2
+    resumed.run()
+    for key, value in straight.net.state_dict().items():
+        assert torch.equal(resumed.net.state_dict()[key], value), key
+
+
+def test_domainnet_export_records_its_held_out_figures(tmp_path):
+    from stylecli.train.domainnet import DomainNetTrainer, DomainNetTrainingConfig
+    from stylecli.train.export import domainnet_from_run
+    DomainNetTrainer(DomainNetTrainingConfig(run_dir=str(tmp_path), resolution=32, identities=4, steps=1)).run()
+    networks, record = domainnet_from_run(tmp_path)
+    figures = record["evaluation"]
+    assert set(networks) == {"domainnet"} and record["steps"] == 1
+    assert figures["images"] == 300 and figures["resolution"] == 32 and figures["set"] == "indomain"
+    assert figures["smile"]["r2"] < 0.9 and 0 < figures["smile"]["std"] < 1  # one step: not yet predicting smile
+    assert 0 <= figures["glasses"]["accuracy"] <= 1 and 0 <= figures["identity"]["verification_accuracy"] <= 1
+    json.dumps(record)  # it goes into the pack's manifest as it is

@@ -79,10 +79,6 @@ def filter_size(f: torch.Tensor | None) -> tuple[int, int]:
     return (f.shape[-1], f.shape[0]) if f.ndim == 2 else (f.shape[0], f.shape[0])
 
 
-def output_size(in_size: int, up: int, down: int, pad0: int, pad1: int, taps: int) -> int:
-    return (in_size * up + pad0 + pad1 - taps + down) // down
-
-
 def upfirdn2d(x: torch.Tensor, f: torch.Tensor | None, up=1, down=1, padding=0, flip_filter: bool = False,
               gain: float = 1.0) -> torch.Tensor:
     """Upsample, pad, filter and downsample `x` [N, C, H, W] (see the module docstring for the exact steps).
