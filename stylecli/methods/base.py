@@ -18,7 +18,7 @@ import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:  # the spec stays importable without torch; only the implementations need it
     import torch
@@ -156,5 +156,3 @@ class Method(ABC):
         """The edited image [N, 3, R, R] for a W+ direction [num_ws, w_dim] (or [w_dim]) times `strength`, on the
         inversion's device. `inversion` may come from a latent file (image None)."""
 
-
-ProgressCallback = Callable[[int, dict], None]
