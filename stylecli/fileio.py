@@ -39,15 +39,14 @@ def describe_problem(path: str | os.PathLike) -> str | None:
     return f"not a regular file ({kind})"
 
 
-def _temporary_beside(path: Path) -> Path:
-    """A new empty file in `path`'s folder, created with mode 0666 less the umask (like any file the user creates;
-    mkstemp would make it 0600 and the rename would keep that)."""
+def _create_beside(path: Path) -> tuple[int, Path]:
+    """A new empty file in `path`'s folder, open for writing: (descriptor, path). Created with mode 0666 less the umask,
+    like any file the user creates (mkstemp would make it 0600, and the rename would keep that)."""
     stem = path.name[:40]  # the final name may be near the 255-byte limit; the temporary one must still fit
     for _ in range(100):
         tmp = path.parent / f".{stem}.{secrets.token_hex(4)}.tmp"
         try:
-            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            return tmp
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
@@ -58,7 +57,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`, on failure removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary_beside(path)
+    fd, tmp = _create_beside(path)
+    os.close(fd)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -79,8 +79,9 @@ def write_files(contents: dict[Path, bytes]) -> None:
     try:
         for current, data in contents.items():
             current.parent.mkdir(parents=True, exist_ok=True)
-            temps[current] = _temporary_beside(current)
-            temps[current].write_bytes(data)
+            fd, temps[current] = _create_beside(current)
+            with open(fd, "wb") as fh:
+                fh.write(data)
         for current, tmp in temps.items():
             os.replace(tmp, current)
             placed.append(current)
@@ -100,7 +101,9 @@ def writable_folder(path: str | os.PathLike) -> Path:
         raise OutputError(f"{printable(path)}: cannot write outputs there: it is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
-        _temporary_beside(path / "probe").unlink()
+        fd, probe = _create_beside(path / "probe")
+        os.close(fd)
+        probe.unlink()
     except OSError as exc:
         raise OutputError(f"{printable(path)}: cannot write outputs there ({exc.strerror or exc})") from None
     return path

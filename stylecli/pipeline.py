@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import math
 import traceback
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -107,6 +108,26 @@ def _finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
+def _write_inversion(path: Path, outputs: list[Path], img: Image.Image, inversion: Inversion | Exception,
+                     pack_name: str, method_name: str) -> FileResult:
+    """Encode and write one file's outputs (reconstruction, latent code, comparison when asked) as one group."""
+    try:
+        if isinstance(inversion, Exception):
+            raise inversion
+        for name, code in inversion.latents.items():
+            _finite(code, f"code {name!r}")
+        recon = tensor_to_images(_finite(inversion.image, "reconstruction"))[0]
+        contents = {outputs[0]: encode_image(recon, outputs[0]),
+                    outputs[1]: latent_bytes(inversion, 0, pack_name, method_name, str(path))}
+        if len(outputs) > 2:
+            side = make_grid([img.resize(recon.size, Image.LANCZOS), recon], columns=2)
+            contents[outputs[2]] = encode_image(side, outputs[2])
+        write_files(contents)
+        return FileResult(printable(path), "done", [printable(p) for p in contents])
+    except Exception as exc:
+        return _failed(path, exc)
+
+
 def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: bool = False, overwrite: bool = False,
                  batch: int = 8, on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
     """Invert `files` into `out`: NAME.png (reconstruction) and NAME.latent.safetensors, NAME_compare.png too with
@@ -131,33 +152,27 @@ def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: 
             report(FileResult(printable(path), "skipped", [printable(o) for o in outputs]))
         else:
             todo.append((path, outputs))
-    for chunk in _batches(todo, batch):
-        loaded = []
-        for path, outputs in chunk:
-            try:
-                img = load_image(path)
-                loaded.append((path, outputs, img, image_to_tensor(img, method.resolution)))
-            except Exception as exc:
-                report(_failed(path, exc))
-        if not loaded:
-            continue
-        inversions = _invert_each(method, torch.cat([x for *_, x in loaded]))
-        for (path, outputs, img, _), inversion in zip(loaded, inversions):
-            try:
-                if isinstance(inversion, Exception):
-                    raise inversion
-                for name, code in inversion.latents.items():
-                    _finite(code, f"code {name!r}")
-                recon = tensor_to_images(_finite(inversion.image, "reconstruction"))[0]
-                contents = {outputs[0]: encode_image(recon, outputs[0]),
-                            outputs[1]: latent_bytes(inversion, 0, pack_name, method.name, str(path))}
-                if compare:
-                    side = make_grid([img.resize(recon.size, Image.LANCZOS), recon], columns=2)
-                    contents[outputs[2]] = encode_image(side, outputs[2])
-                write_files(contents)
-                report(FileResult(printable(path), "done", [printable(p) for p in contents]))
-            except Exception as exc:
-                report(_failed(path, exc))
+    # Encoding and writing a batch's outputs (PNG compression, two files each) overlaps inverting the next batch: on
+    # small images they cost about a fifth of the inversion. At most two batches wait, to bound memory.
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending: deque[Future] = deque()
+        for chunk in _batches(todo, batch):
+            loaded = []
+            for path, outputs in chunk:
+                try:
+                    img = load_image(path)
+                    loaded.append((path, outputs, img, image_to_tensor(img, method.resolution)))
+                except Exception as exc:
+                    report(_failed(path, exc))
+            if loaded:
+                inversions = _invert_each(method, torch.cat([x for *_, x in loaded]))
+                for (path, outputs, img, _), inversion in zip(loaded, inversions):
+                    pending.append(writer.submit(_write_inversion, path, outputs, img, inversion, pack_name,
+                                                 method.name))
+            while pending and (pending[0].done() or len(pending) > 2 * batch):
+                report(pending.popleft().result())
+        while pending:
+            report(pending.popleft().result())
     return results
 
 

@@ -390,3 +390,29 @@ def test_cli_edit_latents_checks_each_file(tmp_path):
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "small.latent.safetensors: W+ code of shape [1, 2, 4], pack 'synthface-64' needs" in out.stderr
     assert [p.name for p in (tmp_path / "ed").iterdir()] == ["a_smile+2.png"]
+
+
+def test_the_training_hint_names_the_pack_as_it_can_be_found(tmp_path, monkeypatch):
+    """A pack opened by its folder is not found by its name: the hint gives the folder."""
+    import json
+    import shutil
+
+    from stylecli.methods import get_method
+    from stylecli.methods.base import MethodUnavailable
+    from stylecli.packs import Pack
+
+    shipped = Pack.open("synthface-64").root
+    manifest = json.loads((shipped / "manifest.json").read_text())
+    dropped = manifest["networks"].pop("e4e_encoder")["file"]
+    manifest.get("files", {}).pop(dropped, None)
+    manifest["name"] = "my faces"
+    pack = tmp_path / "my faces"
+    pack.mkdir()
+    for file in manifest.get("files", {}):
+        shutil.copy(shipped / file, pack / file)
+    (pack / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(MethodUnavailable, match=f"train it with `stylecli train e4e --model '{pack}'`"):
+        get_method("e4e").load(Pack.open(pack))
+    monkeypatch.setenv("STYLECLI_WEIGHTS", str(tmp_path))
+    with pytest.raises(MethodUnavailable, match="train it with `stylecli train e4e --model 'my faces'`"):
+        get_method("e4e").load(Pack.open("my faces"))

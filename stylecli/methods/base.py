@@ -119,7 +119,7 @@ class MethodSpec:
         if missing:
             hint = ""
             if self.training is not None and "generator" not in missing:
-                hint = f"; train it with `stylecli train {self.name} --model {pack.name}`"
+                hint = f"; train it with `stylecli train {self.name} --model {_model_argument(pack)}`"
             raise MethodUnavailable(f"pack {pack.name!r} has no {', '.join(missing)} for method {self.name!r}{hint}")
         try:
             checked = self.check_options(options)
@@ -129,6 +129,20 @@ class MethodSpec:
         method = cls.load(pack, device, **checked)
         assert isinstance(method, Method) and method.name == self.name, f"{self.implementation} breaks the contract"
         return method
+
+
+def _model_argument(pack: "Pack") -> str:
+    """How --model names `pack` for the user: its name where that finds this very pack, else its folder (a pack
+    opened by path is usually not on the search path)."""
+    import shlex
+
+    from ..packs import Pack, PackError
+    try:
+        if Pack.open(pack.name).root.resolve() == pack.root.resolve():
+            return shlex.quote(pack.name)
+    except PackError:
+        pass
+    return shlex.quote(str(pack.root))
 
 
 class Method(ABC):
