@@ -45,6 +45,18 @@ class AttributeKind:
         return self.kind != "categorical"
 
 
+def style_distance(fx: list, fy: list) -> torch.Tensor:
+    """[N]: mean over feature maps of the L1 distance between Gram matrices (channel correlations, normalised by
+    C * H * W), the style term of Gatys et al. that SAMM's perceptual loss carries."""
+    total = 0
+    for a, b in zip(fx, fy):
+        n, c = a.shape[:2]
+        a, b = a.reshape(n, c, -1), b.reshape(n, c, -1)
+        gram = lambda f: f @ f.transpose(1, 2) / f.shape[1] / f.shape[2]
+        total = total + (gram(a) - gram(b)).abs().mean(dim=[1, 2])
+    return total / len(fx)
+
+
 def attribute_kinds(predictor) -> dict[str, AttributeKind]:
     """What an attribute predictor predicts, by name ({} for no predictor); it declares them in `attribute_kinds`."""
     if predictor is None:
@@ -61,6 +73,7 @@ class LossNetworks:
     identity: Distance                   # (x, y) -> [N] cosine similarity
     attributes: torch.nn.Module | None   # .predict(x) -> {name: [N]}, or None
     resolution: int                      # size the networks expect
+    features: Callable[[torch.Tensor], list] | None = None  # x -> the perceptual network's feature maps (style terms)
 
     @classmethod
     def from_pack(cls, pack: Pack, device: str | torch.device = "cpu") -> "LossNetworks":
@@ -70,7 +83,8 @@ class LossNetworks:
             res = int(pack.manifest.get("resolution", 64))
             resize = lambda x: x if x.shape[-1] == res else F.interpolate(x, size=(res, res), mode="area")
             return cls(perceptual=lambda x, y: perceptual_distance(net, resize(x), resize(y)),
-                       identity=lambda x, y: id_similarity(net, resize(x), resize(y)), attributes=net, resolution=res)
+                       identity=lambda x, y: id_similarity(net, resize(x), resize(y)), attributes=net, resolution=res,
+                       features=lambda x: net.features(resize(x)))
         missing = [f"{name}.safetensors" for name in LOSS_NETWORKS if not pack.has(name)]
         if missing:
             raise PackError(f"pack {pack.name!r} has no domain network and lacks {', '.join(missing)} for its "
@@ -80,7 +94,8 @@ class LossNetworks:
         pool = lambda x: x if x.shape[-1] <= LOSS_RESOLUTION else F.adaptive_avg_pool2d(x, LOSS_RESOLUTION)
         return cls(perceptual=lambda x, y: distance(pool(x), pool(y)).flatten(),
                    identity=lambda x, y: (arcface.embed_aligned(x) * arcface.embed_aligned(y)).sum(dim=1),
-                   attributes=None, resolution=LOSS_RESOLUTION)
+                   attributes=None, resolution=LOSS_RESOLUTION,
+                   features=lambda x: list(distance.net(distance.scaling_layer(pool(x)))))
 
 
 class AlexNetFeatures(nn.Module):

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..imageio import ImageError, image_to_tensor, load_image
 from .render import render_seed
-from .sets import TRAIN_SEED_LIMIT, find_images
+from .sets import TRAIN_SEED_LIMIT, find_images, render_training_scene
 
 MAX_REDRAWS = 100  # consecutive unreadable draws for one sample before the folder is declared unusable
 
@@ -30,15 +30,25 @@ MAX_REDRAWS = 100  # consecutive unreadable draws for one sample before the fold
 class _Stream(Dataset):
     """Sample j of one process's stream, with the number of unreadable files it replaced."""
 
-    def __init__(self, files: list[Path], resolution: int, seed: int, rank: int, world_size: int):
+    def __init__(self, files: list[Path], resolution: int, seed: int, rank: int, world_size: int,
+                 scenes: dict[str, float]):
         self.files, self.resolution = files, resolution
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.scenes = scenes
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
         rng = np.random.default_rng([self.seed, self.rank, self.world_size, j])
         if not self.files:
             face = self.rank + self.world_size * int(rng.integers(TRAIN_SEED_LIMIT // self.world_size))
-            return image_to_tensor(render_seed(face, self.resolution)[0])[0], 0
+            if not self.scenes:
+                return image_to_tensor(render_seed(face, self.resolution)[0])[0], 0
+            u, kind = rng.uniform(), "plain"
+            for name, share in self.scenes.items():
+                if u < share:
+                    kind = name
+                    break
+                u -= share
+            return image_to_tensor(render_training_scene(face, self.resolution, rng, kind))[0], 0
         for redraw in range(MAX_REDRAWS):
             path = self.files[int(rng.integers(len(self.files)))]
             try:
@@ -73,12 +83,14 @@ class ImageSource:
     data -- "synth", or a folder of aligned face images.
     rank/world_size -- this process's share of a distributed run.
     workers -- DataLoader processes that prefetch batches (0: render or read in this process).
+    scenes -- synth: shares of training scenes other than plain faces, e.g. {"ood": 0.5, "geometric": 0.25}
+              (`stylecli.data.sets.render_training_scene`); the rest are plain.
     position -- samples handed out so far (checkpoint it; assigning it continues the stream from there).
     skipped -- unreadable files replaced since this source was made.
     """
 
     def __init__(self, data: str, resolution: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 workers: int = 0):
+                 workers: int = 0, scenes: dict[str, float] | None = None):
         files: list[Path] = []
         if data != "synth":
             folder = Path(data)
@@ -89,7 +101,9 @@ class ImageSource:
                 raise FileNotFoundError(f"{data}: no images found" + (f" for process {rank} of {world_size}"
                                                                        if world_size > 1 else ""))
         self.data, self.resolution, self.workers = data, resolution, workers
-        self.stream = _Stream(files, resolution, seed, rank, world_size)
+        if scenes and sum(scenes.values()) > 1:
+            raise ValueError(f"scene shares {scenes} add up to more than 1")
+        self.stream = _Stream(files, resolution, seed, rank, world_size, dict(scenes or {}))
         self.skipped = 0
         self._position = 0
         self._batches = None  # (batch size, DataLoader iterator) once batches are drawn

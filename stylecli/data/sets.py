@@ -36,6 +36,9 @@ SET_SEEDS = {"train": 0, "indomain": 1_000_000_000, "detail": 1_100_000_000, "oo
              "geometric": 1_300_000_000}
 TRAIN_SEED_LIMIT = 1_000_000_000
 OOD_KINDS = ("sticker", "occluder", "microphone", "scribble", "texture_background", "hat")
+# Training scenes draw from a wider vocabulary than the `ood` set: generic shapes as well, so that what a method learns
+# is "not a face of this domain", not the six kinds it is evaluated on.
+TRAINING_OOD_KINDS = OOD_KINDS + ("blob", "bar", "patch")
 LABELS_FILE = "labels.jsonl"
 MASK_SUFFIX = "_mask"
 
@@ -167,11 +170,24 @@ def rerender(label: dict, resolution: int = 64, **changes) -> Image.Image:
 
 # --- out-of-domain additions -------------------------------------------------------------------------------------
 
-def _render_ood(p: FaceParams, resolution: int, rng: np.random.Generator):
+def render_training_scene(seed: int, resolution: int, rng: np.random.Generator, kind: str) -> Image.Image:
+    """A face of the train stream (seed in [0, 1e9)) as a training scene of `kind`: "plain", "ood" (one or two
+    additions from TRAINING_OOD_KINDS) or "geometric" (the head moved by up to half the `geometric` set's range).
+    `rng` draws the additions or the transform."""
+    params = sample_params(np.random.default_rng(seed))
+    if kind == "ood":
+        return _render_ood(params, resolution, rng, TRAINING_OOD_KINDS)[0]
+    if kind == "geometric":
+        return _render_geometric(params, resolution, rng, extent=0.5)[0]
+    assert kind == "plain", f"unknown training scene {kind!r}"
+    return render(params, resolution)
+
+
+def _render_ood(p: FaceParams, resolution: int, rng: np.random.Generator, vocabulary: tuple = OOD_KINDS):
     S = resolution * SUPERSAMPLE
     scene = render_background(p, S)
     face = render_face_layer(p, S)
-    kinds = sorted(set(rng.choice(OOD_KINDS, size=int(rng.integers(1, 3)), replace=False).tolist()))
+    kinds = sorted(set(rng.choice(vocabulary, size=int(rng.integers(1, 3)), replace=False).tolist()))
     overlay = Image.new("RGBA", (S, S), (0, 0, 0, 0))
     if "texture_background" in kinds:  # stripes or checks behind the head, never seen in training
         texture = _texture(S, rng)
@@ -205,6 +221,19 @@ def _render_ood(p: FaceParams, resolution: int, rng: np.random.Generator):
             c = colour()
             draw.rectangle([X(0.3), X(brim_y - 0.16), X(0.7), X(brim_y)], fill=c)
             draw.rounded_rectangle([X(0.18), X(brim_y - 0.02), X(0.82), X(brim_y + 0.03)], radius=X(0.02), fill=c)
+        elif kind == "blob":  # any polygon, anywhere
+            cx, cy, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.04, 0.15)
+            angles = np.sort(rng.uniform(0, 2 * math.pi, int(rng.integers(4, 9))))
+            draw.polygon([(X(cx + r * rng.uniform(0.5, 1) * math.cos(t)), X(cy + r * rng.uniform(0.5, 1) * math.sin(t)))
+                          for t in angles], fill=colour())
+        elif kind == "bar":  # a straight band across part of the picture
+            a, b = (X(rng.uniform(0, 1)), X(rng.uniform(0, 1))), (X(rng.uniform(0, 1)), X(rng.uniform(0, 1)))
+            draw.line([a, b], fill=colour(), width=max(1, int(X(rng.uniform(0.02, 0.08)))))
+        elif kind == "patch":  # a textured rectangle
+            x0, y0 = rng.uniform(0, 0.8), rng.uniform(0, 0.8)
+            w, h = rng.uniform(0.08, 0.3), rng.uniform(0.08, 0.3)
+            box = [int(X(x0)), int(X(y0)), int(X(min(x0 + w, 1))), int(X(min(y0 + h, 1)))]
+            overlay.paste(_texture(S, rng).crop(box), box[:2])
     scene.paste(overlay, (0, 0), overlay)
     image = finish(p, scene, resolution)
     alpha = overlay.getchannel("A").resize((resolution, resolution), Image.BOX)
@@ -226,11 +255,14 @@ def _texture(S: int, rng: np.random.Generator) -> Image.Image:
 
 # --- geometric transforms ----------------------------------------------------------------------------------------
 
-def _render_geometric(p: FaceParams, resolution: int, rng: np.random.Generator):
-    """Translate, rotate and scale the head (not the background); the transform is recorded."""
+def _render_geometric(p: FaceParams, resolution: int, rng: np.random.Generator, extent: float = 1.0):
+    """Translate, rotate and scale the head (not the background) by up to `extent` of the set's range; the
+    transform is recorded."""
     S = resolution * SUPERSAMPLE
-    transform = {"dx": float(rng.uniform(-0.12, 0.12)), "dy": float(rng.uniform(-0.1, 0.1)),
-                 "angle": float(rng.uniform(-25, 25)), "scale": float(rng.uniform(0.8, 1.2))}
+    e = extent
+    transform = {"dx": float(rng.uniform(-0.12, 0.12) * e), "dy": float(rng.uniform(-0.1, 0.1) * e),
+                 "angle": float(rng.uniform(-25, 25) * e), "scale": float(rng.uniform(0.8, 1.2))}
+    transform["scale"] = 1 + (transform["scale"] - 1) * e if e != 1 else transform["scale"]
     face = render_face_layer(p, S)
     # Rotate and scale about the canvas centre, then shift; PIL's affine maps output to input coordinates.
     a = math.radians(transform["angle"])

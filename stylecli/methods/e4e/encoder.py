@@ -91,15 +91,24 @@ class Encoder4Editing(nn.Module):
         self.register_buffer("latent_avg", torch.zeros(cfg.num_ws, cfg.w_dim))
         self.progressive_stage = cfg.num_ws    # number of active rows (w0 plus stage - 1 deltas); all by default
 
-    def deltas_and_base(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [N, 3, S, S] in [-1, 1] -> (w0 [N, w_dim], deltas [N, num_ws, w_dim], zero for inactive rows)."""
+    def deltas_and_base(self, x: torch.Tensor, features: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, 3, S, S] in [-1, 1] -> (w0 [N, w_dim], deltas [N, num_ws, w_dim], zero for inactive rows).
+
+        features -- if a dict, it receives the backbone features other methods tap (SAMM), keyed by their spatial
+                    size: the stem output (S) and the ends of stages 1-3 (S/2, S/4, S/8).
+        """
         cfg = self.cfg
         assert x.ndim == 4 and x.shape[1:] == (3, cfg.input_size, cfg.input_size), \
             f"encoder expects [N, 3, {cfg.input_size}, {cfg.input_size}], got {tuple(x.shape)}"
         x = self.input_layer(x)
+        stage_ends = [sum(cfg.units[:k + 1]) - 1 for k in range(3)]
+        if features is not None:
+            features[x.shape[-1]] = x
         c1 = c2 = c3 = None
         for i, unit in enumerate(self.body):
             x = unit(x)
+            if features is not None and i in stage_ends:
+                features[x.shape[-1]] = x
             if i == self.taps[0]:
                 c1 = x
             elif i == self.taps[1]:
@@ -119,10 +128,16 @@ class Encoder4Editing(nn.Module):
             deltas[:, i] = self.styles[i](features)
         return w0, deltas
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """W+ codes [N, num_ws, w_dim]: w0 repeated, plus the active deltas, plus latent_avg."""
-        w0, deltas = self.deltas_and_base(x)
+    def forward(self, x: torch.Tensor, features: dict | None = None) -> torch.Tensor:
+        """W+ codes [N, num_ws, w_dim]: w0 repeated, plus the active deltas, plus latent_avg (`features`: see
+        `deltas_and_base`)."""
+        w0, deltas = self.deltas_and_base(x, features)
         return w0.unsqueeze(1) + deltas + self.latent_avg
+
+    def feature_channels(self) -> dict[int, int]:
+        """Channels of the tapped features by spatial size (see `deltas_and_base`)."""
+        S, w = self.cfg.input_size, self.cfg.widths
+        return {S: self.cfg.stem, S // 2: w[0], S // 4: w[1], S // 8: w[2]}
 
 
 def _upsample_add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
