@@ -64,8 +64,8 @@ def invert(
     """Find photos in the generator's latent space; write reconstructions and latent codes.
 
     For each input NAME.png writes OUT/NAME.png (reconstruction) and OUT/NAME.latent.safetensors (the codes, with
-    the pack and method recorded); --compare adds OUT/NAME_compare.png. A failing file does not stop the batch;
-    the exit code is 1 when any failed.
+    the pack and method recorded); --compare adds OUT/NAME_compare.png. Inputs sharing a NAME (a.png, a.jpg) write
+    a_png.* and a_jpg.*. A failing file does not stop the batch; the exit code is 1 when any failed.
 
     Example: stylecli invert photos/ -o out/ --method e4e
     """
@@ -105,7 +105,7 @@ def edit(
     Several --direction/--strength pairs apply together. A sweep (--strength -3:3:7) writes a grid and an animated
     GIF. `stylecli directions list` shows the pack's directions.
 
-    Example: stylecli edit face.jpg --direction smile --strength 2 --method sfe
+    Example: stylecli edit face.jpg --direction smile --strength 2 --method e4e
     """
     from ..directions import DirectionError, get_direction
     from ..fileio import writable_folder
