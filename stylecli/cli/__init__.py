@@ -22,7 +22,7 @@ from .weights import weights_app
 app = typer.Typer(
     name="stylecli",
     help="Edit face photos through StyleGAN2 inversion.\n\n"
-         "Example: stylecli edit face.jpg --direction smile --strength 2 --method sfe",
+         "Example: stylecli edit face.png --direction smile --strength 2 --method e4e",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
