@@ -93,6 +93,10 @@ def methods():
 
 
 def register_commands(app: typer.Typer) -> None:
+    from ..methods import METHODS
     from .editing import edit, invert
-    for command in (generate, invert, edit, blend, methods):
+    from .options import with_method_options
+
+    for command in (generate, with_method_options(invert, METHODS.values()),
+                    with_method_options(edit, METHODS.values()), blend, methods):
         app.command()(command)

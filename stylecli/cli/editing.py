@@ -7,20 +7,31 @@ from pathlib import Path
 
 import typer
 
+from ..methods import DEFAULT_METHOD, method_help
 from .common import DeviceOption, ModelOption, UsageError, console, escape, progress_bar
 
-METHOD_HELP = "Inversion method: e4e, idinvert, fwplus, sfe or samm."
+MethodOption = typer.Option(DEFAULT_METHOD, "--method", help=method_help())
 
 
-def _open_method(method: str, model: str, device: str, **options):
-    """The method `method` loaded on pack `model` (every failure a one-line error), and the pack."""
+def _check_method(method: str, options: dict | None) -> None:
+    """A bad method name or option is reported before anything is read."""
+    from ..methods import get_method
+
+    try:
+        get_method(method).check_options(options or {})
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _open_method(method: str, model: str, device: str, options: dict | None = None):
+    """The method `method` loaded on pack `model` with its options (every failure a one-line error), and the pack."""
     from ..methods import get_method
     from ..models import resolve_device
     from ..packs import Pack
 
     spec = get_method(method)
     pack = Pack.open(model)
-    return spec.load(pack, resolve_device(device), **options), pack
+    return spec.load(pack, resolve_device(device), **(options or {})), pack
 
 
 def _finish(results, json_output: bool, what: str, debug: bool) -> None:
@@ -52,7 +63,7 @@ DebugOption = typer.Option(False, "--debug", help="Print the traceback of files 
 def invert(
     input: Path = typer.Argument(..., help="An image or a folder of images."),
     out: Path = typer.Option(Path("inverted"), "--out", "-o", help="Output folder."),
-    method: str = typer.Option("e4e", "--method", help=METHOD_HELP),
+    method: str = MethodOption,
     model: str = ModelOption,
     compare: bool = typer.Option(False, "--compare", help="Also write input | reconstruction side by side."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose outputs already exist."),
@@ -60,6 +71,7 @@ def invert(
     batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
     device: str = DeviceOption,
     debug: bool = DebugOption,
+    method_options: dict = None,
 ):
     """Find photos in the generator's latent space; write reconstructions and latent codes.
 
@@ -71,15 +83,14 @@ def invert(
     """
     from ..fileio import writable_folder
     from ..imageio import READABLE_SUFFIXES, list_images
-    from ..methods import get_method
     from ..pipeline import invert_files
 
-    get_method(method)  # a bad method name is reported before anything is read
+    _check_method(method, method_options)
     files = list_images(input)
     if not files:
         raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
     writable_folder(out)  # before any work: an output folder that cannot be written is a usage error, not N failures
-    runner, pack = _open_method(method, model, device)
+    runner, pack = _open_method(method, model, device, method_options)
     with progress_bar(f"inverting with {method}", len(files)) as advance:
         results = invert_files(runner, pack.name, files, out, compare=compare, overwrite=overwrite, batch=batch,
                                on_file=lambda r: advance())
@@ -91,7 +102,7 @@ def edit(
     direction: list[str] = typer.Option(..., "--direction", "-d", help="Direction name (repeatable)."),
     strength: list[str] = typer.Option(["1"], "--strength", "-s",
                                        help="Strength per direction, or a sweep START:END:COUNT (one direction)."),
-    method: str = typer.Option("e4e", "--method", help=METHOD_HELP),
+    method: str = MethodOption,
     model: str = ModelOption,
     out: Path = typer.Option(Path("edited"), "--out", "-o", help="Output folder."),
     latent: bool = typer.Option(False, "--latent", help="INPUT holds saved .latent.safetensors files: no re-inversion."),
@@ -99,6 +110,7 @@ def edit(
     batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
     device: str = DeviceOption,
     debug: bool = DebugOption,
+    method_options: dict = None,
 ):
     """Invert a photo, move its code along semantic directions, and write the edited photo.
 
@@ -111,10 +123,9 @@ def edit(
     from ..fileio import writable_folder
     from ..imageio import list_images
     from ..latents import list_latents
-    from ..methods import get_method
     from ..pipeline import edit_files, parse_strengths
 
-    get_method(method)
+    _check_method(method, method_options)
 
     if len(strength) == 1 and len(direction) > 1:
         strength = strength * len(direction)
@@ -130,7 +141,7 @@ def edit(
     if not sources:
         raise UsageError(f"{escape(input)}: nothing to edit" + (" (no .latent.safetensors files)" if latent else ""))
     writable_folder(out)
-    runner, pack = _open_method(method, model, device)
+    runner, pack = _open_method(method, model, device, method_options)
     try:
         edits = [(name, get_direction(pack, name).vector, s) for name, s in zip(direction, strengths)]
     except DirectionError as exc:
