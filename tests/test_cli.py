@@ -52,6 +52,8 @@ def test_generate_writes_seeded_images_and_a_grid(tmp_path):
     (["invert", "x.png", "--method", "nope"], "unknown method"),
     (["weights", "info", "nowhere"], "no model pack"),
     (["bench", "generator", "--config", "tiny-32", "--dtype", "fp16", "--device", "cpu"], "fp16 timing needs"),
+    (["invert", "x.png", "--batch", "0"], "Invalid value for '--batch'"),      # the parser's own errors too
+    (["invert", "x.png", "--no-such-flag"], "No such option: --no-such-flag"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(args, message):
     out = run(*args)

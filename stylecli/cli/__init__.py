@@ -50,15 +50,37 @@ def _user_errors() -> tuple[type[BaseException], ...]:
             OutputError)
 
 
-def main() -> None:
+def _click_exceptions() -> tuple[type, type]:
+    """The command-line parser's error types (Typer vendors click; older Typer releases use click itself)."""
     try:
-        app()
+        from typer._click.exceptions import ClickException, NoArgsIsHelpError
+    except ImportError:  # pragma: no cover - Typer before it vendored click
+        from click.exceptions import ClickException, NoArgsIsHelpError
+    return ClickException, NoArgsIsHelpError
+
+
+def main() -> None:
+    ClickException, NoArgsIsHelpError = _click_exceptions()
+    try:
+        # Not standalone: the parser's own errors (a bad flag value, an unknown option) come here and become one line
+        # like every other error, instead of a box.
+        code = app(standalone_mode=False)
     except KeyboardInterrupt:
         console.print("interrupted")
         sys.exit(130)
+    except NoArgsIsHelpError as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except ClickException as exc:
+        command = getattr(getattr(exc, "ctx", None), "command_path", "stylecli")
+        message = " ".join(exc.format_message().split())
+        console.print(Text.assemble(("error:", "red"), " ", f"{message} (see `{command} --help`)"), highlight=False,
+                      soft_wrap=True)
+        sys.exit(exc.exit_code)
     except Exception as exc:
         if isinstance(exc, _user_errors()):
             message = " ".join(str(exc).split())  # one line, whatever the message held
             console.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
             sys.exit(2)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
