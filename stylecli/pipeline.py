@@ -108,20 +108,30 @@ def _finite(x: torch.Tensor, what: str) -> torch.Tensor:
     return x
 
 
-def _write_inversion(path: Path, outputs: list[Path], img: Image.Image, inversion: Inversion | Exception,
+def mask_image(mask: torch.Tensor) -> Image.Image:
+    """An invertibility mask [1, 1, R, R] in [0, 1] as a greyscale picture (white = taken from the input)."""
+    assert mask.ndim == 4 and mask.shape[:2] == (1, 1), f"expected a mask [1, 1, R, R], got {tuple(mask.shape)}"
+    return Image.fromarray((mask[0, 0].detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy(), "L")
+
+
+def _write_inversion(path: Path, outputs: dict[str, Path], img: Image.Image, inversion: Inversion | Exception,
                      pack_name: str, method_name: str) -> FileResult:
-    """Encode and write one file's outputs (reconstruction, latent code, comparison when asked) as one group."""
+    """Encode and write one file's outputs (reconstruction, latent code, mask and comparison when asked) as one
+    group."""
     try:
         if isinstance(inversion, Exception):
             raise inversion
         for name, code in inversion.latents.items():
             _finite(code, f"code {name!r}")
         recon = tensor_to_images(_finite(inversion.image, "reconstruction"))[0]
-        contents = {outputs[0]: encode_image(recon, outputs[0]),
-                    outputs[1]: latent_bytes(inversion, 0, pack_name, method_name, str(path))}
-        if len(outputs) > 2:
+        contents = {outputs["image"]: encode_image(recon, outputs["image"]),
+                    outputs["latent"]: latent_bytes(inversion, 0, pack_name, method_name, str(path))}
+        if "mask" in outputs:
+            mask = mask_image(_finite(inversion.extras["mask"], "mask"))
+            contents[outputs["mask"]] = encode_image(mask, outputs["mask"])
+        if "compare" in outputs:
             side = make_grid([img.resize(recon.size, Image.LANCZOS), recon], columns=2)
-            contents[outputs[2]] = encode_image(side, outputs[2])
+            contents[outputs["compare"]] = encode_image(side, outputs["compare"])
         write_files(contents)
         return FileResult(printable(path), "done", [printable(p) for p in contents])
     except Exception as exc:
@@ -129,9 +139,11 @@ def _write_inversion(path: Path, outputs: list[Path], img: Image.Image, inversio
 
 
 def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: bool = False, overwrite: bool = False,
-                 batch: int = 8, on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
-    """Invert `files` into `out`: NAME.png (reconstruction) and NAME.latent.safetensors, NAME_compare.png too with
-    `compare`. One result per file, in the order they finish."""
+                 batch: int = 8, masks: bool = False,
+                 on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
+    """Invert `files` into `out`: NAME.png (reconstruction) and NAME.latent.safetensors, NAME.mask.png with `masks`
+    (a method that makes invertibility masks), NAME_compare.png with `compare`. One result per file, in the order
+    they finish."""
     results: list[FileResult] = []
 
     def report(result: FileResult) -> None:
@@ -141,15 +153,19 @@ def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: 
     protected = ProtectedPaths(files)
     todo = []
     for path, stem in zip(files, output_stems(files)):
-        outputs = [out / f"{stem}.png", out / f"{stem}{SUFFIX}"] + ([out / f"{stem}_compare.png"] if compare else [])
+        outputs = {"image": out / f"{stem}.png", "latent": out / f"{stem}{SUFFIX}"}
+        if masks:
+            outputs["mask"] = out / f"{stem}.mask.png"
+        if compare:
+            outputs["compare"] = out / f"{stem}_compare.png"
         try:
-            for output in outputs:  # before any work: an output that would replace an input fails the file at once
+            for output in outputs.values():  # before any work: an output that would replace an input fails the file
                 protected.check(output)
         except ImageError as exc:
             report(_failed(path, exc))
             continue
-        if not overwrite and all(o.exists() for o in outputs):
-            report(FileResult(printable(path), "skipped", [printable(o) for o in outputs]))
+        if not overwrite and all(o.exists() for o in outputs.values()):
+            report(FileResult(printable(path), "skipped", [printable(o) for o in outputs.values()]))
         else:
             todo.append((path, outputs))
     # Encoding and writing a batch's outputs (PNG compression, two files each) overlaps inverting the next batch: on
@@ -261,6 +277,81 @@ def edit_files(method, pack_name: str, sources: list[Path], edits: list[tuple[st
                     total = sum(vector * s[0] for _, vector, s in edits)
                     image = tensor_to_images(_finite(method.edit(inversion, total, 1.0), "edited image"))[0]
                     contents = {outputs[0]: encode_image(image, outputs[0])}
+                write_files(contents)
+                report(FileResult(printable(path), "done", [printable(p) for p in contents]))
+            except Exception as exc:
+                report(_failed(path, exc))
+    return results
+
+
+def overlay_image(img: Image.Image, mask: Image.Image) -> Image.Image:
+    """The input with its invertibility mask tinted red on top (half strength), to see what is kept from it."""
+    red = Image.new("RGB", img.size, (255, 0, 0))
+    return Image.composite(red, img, mask.point(lambda v: v // 2))
+
+
+def blend_files(method, base, pack_name: str, files: list[Path], out: Path,
+                edits: list[tuple[str, torch.Tensor, float]] = (), compare: bool = False, overwrite: bool = False,
+                batch: int = 8, on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
+    """`stylecli blend`: per input NAME, with LABEL the edits (e.g. _smile+2) or nothing,
+    OUT/NAME[LABEL].png (the blended result, edited with the mask recomputed on the edited pass),
+    OUT/NAME[LABEL].mask.png, OUT/NAME[LABEL]_overlay.png (the mask over the input), and with `compare`
+    OUT/NAME[LABEL]_compare.png: input | `base` method's result | `method`'s | mask. `method` must make masks."""
+    results: list[FileResult] = []
+
+    def report(result: FileResult) -> None:
+        results.append(result)
+        on_file(result)
+
+    label = "".join(f"_{name}{s:+g}" for name, _, s in edits)
+    total = sum(vector * s for _, vector, s in edits) if edits else None
+    protected = ProtectedPaths(files)
+    todo = []
+    for path, stem in zip(files, output_stems(files)):
+        outputs = {"image": out / f"{stem}{label}.png", "mask": out / f"{stem}{label}.mask.png",
+                   "overlay": out / f"{stem}{label}_overlay.png"}
+        if compare:
+            outputs["compare"] = out / f"{stem}{label}_compare.png"
+        try:
+            for output in outputs.values():
+                protected.check(output)
+        except ImageError as exc:
+            report(_failed(path, exc))
+            continue
+        if not overwrite and all(o.exists() for o in outputs.values()):
+            report(FileResult(printable(path), "skipped", [printable(o) for o in outputs.values()]))
+        else:
+            todo.append((path, outputs))
+    for chunk in _batches(todo, batch):
+        loaded = []
+        for path, outputs in chunk:
+            try:
+                img = load_image(path)
+                loaded.append((path, outputs, img, image_to_tensor(img, method.resolution)))
+            except Exception as exc:
+                report(_failed(path, exc))
+        if not loaded:
+            continue
+        x = torch.cat([t for *_, t in loaded])
+        inversions = _invert_each(method, x)
+        base_images = _invert_each(base, x) if compare else [None] * len(loaded)
+        for (path, outputs, img, _), inversion, base_inv in zip(loaded, inversions, base_images):
+            try:
+                for failed in (inversion, base_inv):
+                    if isinstance(failed, Exception):
+                        raise failed
+                result = inversion if total is None else method.edit_inversion(inversion, total, 1.0)
+                blended = tensor_to_images(_finite(result.image, "blended image"))[0]
+                mask = mask_image(_finite(result.extras["mask"], "mask"))
+                shown = img.resize(blended.size, Image.LANCZOS)
+                contents = {outputs["image"]: encode_image(blended, outputs["image"]),
+                            outputs["mask"]: encode_image(mask, outputs["mask"]),
+                            outputs["overlay"]: encode_image(overlay_image(shown, mask), outputs["overlay"])}
+                if compare:
+                    base_image = base_inv.image if total is None else base.edit(base_inv, total, 1.0)
+                    strip = [shown, tensor_to_images(_finite(base_image, "base image"))[0], blended,
+                             mask.convert("RGB")]
+                    contents[outputs["compare"]] = encode_image(make_grid(strip, columns=4), outputs["compare"])
                 write_files(contents)
                 report(FileResult(printable(path), "done", [printable(p) for p in contents]))
             except Exception as exc:

@@ -1,4 +1,4 @@
-"""Top-level commands: generate and blend (invert and edit are in editing.py, train in train.py)."""
+"""Top-level commands: generate and methods (invert, edit and blend are in editing.py, train in train.py)."""
 
 from __future__ import annotations
 
@@ -49,28 +49,6 @@ def generate(
     console.print(f"wrote {len(written)} images to {out}/" + (" and grid.png" if grid else ""))
 
 
-def blend(
-    input: Path = typer.Argument(..., help="An image or a folder of images."),
-    method: str = typer.Option("samm", "--method", help="A method that makes an invertibility mask (samm)."),
-    model: str = ModelOption,
-    out: Path = typer.Option(Path("blended"), "--out", "-o", help="Output folder."),
-    device: str = DeviceOption,
-):
-    """Invert and blend out-of-domain content (accessories, background) back from the input; writes the mask too.
-
-    Example: stylecli blend face.jpg --method samm
-    """
-    from ..methods import METHODS, get_method
-
-    spec = get_method(method)  # an unbuilt method is refused here, before anything is read
-    if not spec.makes_masks:
-        with_masks = [name for name, s in METHODS.items() if s.makes_masks]
-        raise UsageError(f"method {method!r} makes no invertibility mask, which blend needs; "
-                         + (f"use {', '.join(with_masks)}" if with_masks else "no method of this build makes one "
-                            "yet (samm will)"))
-    raise UsageError("blend is not part of this build of stylecli yet")  # reached once a method makes masks
-
-
 def methods():
     """List the inversion methods of this build: what each needs in a pack, its options, how it trains and converts.
 
@@ -94,9 +72,8 @@ def methods():
 
 def register_commands(app: typer.Typer) -> None:
     from ..methods import METHODS
-    from .editing import edit, invert
+    from .editing import blend, edit, invert
     from .options import with_method_options
 
-    for command in (generate, with_method_options(invert, METHODS.values()),
-                    with_method_options(edit, METHODS.values()), blend, methods):
+    for command in (generate, *(with_method_options(c, METHODS.values()) for c in (invert, edit, blend)), methods):
         app.command()(command)

@@ -1,4 +1,4 @@
-"""`stylecli invert` and `stylecli edit`."""
+"""`stylecli invert`, `stylecli edit` and `stylecli blend`."""
 
 from __future__ import annotations
 
@@ -76,24 +76,26 @@ def invert(
     """Find photos in the generator's latent space; write reconstructions and latent codes.
 
     For each input NAME.png writes OUT/NAME.png (reconstruction) and OUT/NAME.latent.safetensors (the codes, with
-    the pack and method recorded); --compare adds OUT/NAME_compare.png. Inputs sharing a NAME (a.png, a.jpg) write
+    the pack and method recorded), OUT/NAME.mask.png for a method that makes invertibility masks (samm: white = taken
+    from the input); --compare adds OUT/NAME_compare.png. Inputs sharing a NAME (a.png, a.jpg) write
     a_png.* and a_jpg.*. A failing file does not stop the batch; the exit code is 1 when any failed.
 
     Example: stylecli invert photos/ -o out/ --method e4e
     """
     from ..fileio import writable_folder
     from ..imageio import READABLE_SUFFIXES, list_images
+    from ..methods import get_method
     from ..pipeline import invert_files
 
     _check_method(method, method_options)
     files = list_images(input)
     if not files:
         raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
+    runner, pack = _open_method(method, model, device, method_options)  # a pack that cannot serve creates no folder
     writable_folder(out)  # before any work: an output folder that cannot be written is a usage error, not N failures
-    runner, pack = _open_method(method, model, device, method_options)
     with progress_bar(f"inverting with {method}", len(files)) as advance:
         results = invert_files(runner, pack.name, files, out, compare=compare, overwrite=overwrite, batch=batch,
-                               on_file=lambda r: advance())
+                               masks=get_method(method).makes_masks, on_file=lambda r: advance())
     _finish(results, json_output, "inverted", debug)
 
 
@@ -140,8 +142,8 @@ def edit(
     sources = list_latents(input) if latent else list_images(input)
     if not sources:
         raise UsageError(f"{escape(input)}: nothing to edit" + (" (no .latent.safetensors files)" if latent else ""))
-    writable_folder(out)
     runner, pack = _open_method(method, model, device, method_options)
+    writable_folder(out)
     try:
         edits = [(name, get_direction(pack, name).vector, s) for name, s in zip(direction, strengths)]
     except DirectionError as exc:
@@ -150,3 +152,67 @@ def edit(
         results = edit_files(runner, pack.name, sources, edits, out, from_latents=latent, batch=batch,
                              on_file=lambda r: advance())
     _finish(results, json_output, "edited", debug)
+
+
+def blend(
+    input: Path = typer.Argument(..., help="An image or a folder of images."),
+    direction: list[str] = typer.Option([], "--direction", "-d", help="Also edit along this direction (repeatable)."),
+    strength: list[str] = typer.Option(["1"], "--strength", "-s", help="Strength per direction."),
+    method: str = typer.Option("samm", "--method", help="A method that makes an invertibility mask (see `stylecli "
+                                                        "methods`)."),
+    base: str = typer.Option(DEFAULT_METHOD, "--base", help="The method whose plain result --compare shows beside."),
+    model: str = ModelOption,
+    out: Path = typer.Option(Path("blended"), "--out", "-o", help="Output folder."),
+    compare: bool = typer.Option(False, "--compare", help="Also write a strip: input | base | blended | mask."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose outputs already exist."),
+    json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
+    batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
+    device: str = DeviceOption,
+    debug: bool = DebugOption,
+    method_options: dict = None,
+):
+    """Invert and blend out-of-domain content (accessories, occluders, background) back from the input; with
+    --direction, edit the face while what lies out of the domain stays.
+
+    For each input NAME writes OUT/NAME.png (the blended result; NAME_smile+2.png etc. when editing), NAME.mask.png
+    (the invertibility mask: white = taken from the input), NAME_overlay.png (the mask over the input), and with
+    --compare NAME_compare.png. Failing files do not stop the batch; the exit code is 1 when any failed.
+
+    Example: stylecli blend face.png -d smile -s 2 --compare -o blended/
+    """
+    from ..directions import DirectionError, get_direction
+    from ..fileio import writable_folder
+    from ..imageio import READABLE_SUFFIXES, list_images
+    from ..methods import METHODS, get_method
+    from ..pipeline import blend_files, parse_strengths
+
+    _check_method(method, method_options)
+    if not get_method(method).makes_masks:
+        with_masks = ", ".join(name for name, s in METHODS.items() if s.makes_masks) or "none in this build"
+        raise UsageError(f"method {method!r} makes no invertibility mask, which blend needs (methods that do: "
+                         f"{with_masks})")
+    get_method(base)
+    if len(strength) == 1 and len(direction) > 1:
+        strength = strength * len(direction)
+    if direction and len(strength) != len(direction):
+        raise UsageError(f"{len(direction)} directions but {len(strength)} strengths: give one strength per direction")
+    try:
+        strengths = [parse_strengths(s) for s in strength[:len(direction)]]
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if any(len(s) > 1 for s in strengths):
+        raise UsageError("blend takes one strength per direction (sweeps: `stylecli edit`)")
+    files = list_images(input)
+    if not files:
+        raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
+    runner, pack = _open_method(method, model, device, method_options)
+    base_runner = _open_method(base, model, device)[0] if compare else None
+    writable_folder(out)
+    try:
+        edits = [(name, get_direction(pack, name).vector, s[0]) for name, s in zip(direction, strengths)]
+    except DirectionError as exc:
+        raise UsageError(str(exc)) from None
+    with progress_bar(f"blending with {method}", len(files)) as advance:
+        results = blend_files(runner, base_runner, pack.name, files, out, edits, compare=compare, overwrite=overwrite,
+                              batch=batch, on_file=lambda r: advance())
+    _finish(results, json_output, "blended", debug)

@@ -10,13 +10,14 @@ from types import MappingProxyType
 
 from .base import Inversion, Method, MethodSpec, MethodUnavailable, Option
 from .e4e.spec import SPEC as _E4E
+from .samm.spec import SPEC as _SAMM
 
-METHODS: MappingProxyType[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in (_E4E,)})
+METHODS: MappingProxyType[str, MethodSpec] = MappingProxyType({spec.name: spec for spec in (_E4E, _SAMM)})
 
 DEFAULT_METHOD = "e4e"   # what --method is when not given
 
 # Methods planned but not built yet (each has its issue): --method NAME says so instead of "unknown".
-PLANNED = ("samm", "sfe", "idinvert", "fwplus")
+PLANNED = ("sfe", "idinvert", "fwplus")
 
 
 def get_method(name: str) -> MethodSpec:

@@ -170,3 +170,11 @@ class Method(ABC):
         """The edited image [N, 3, R, R] for a W+ direction [num_ws, w_dim] (or [w_dim]) times `strength`, on the
         inversion's device. `inversion` may come from a latent file (image None)."""
 
+    def edit_inversion(self, inversion: Inversion, direction: "torch.Tensor", strength: float) -> Inversion:
+        """The edit with what the edited pass makes besides the image: the moved codes, the image, and for a method
+        with masks the mask of the edited pass (extras["mask"]). By default: `edit`'s image and no extras."""
+        image = self.edit(inversion, direction, strength)
+        w = inversion.latents["w_plus"]
+        moved = w + strength * direction.to(w.device, w.dtype)
+        return Inversion(latents={**inversion.latents, "w_plus": moved}, image=image)
+

@@ -1,0 +1,9 @@
+"""SAMM: out-of-domain inversion by spatial alignment and an invertibility mask (Yang et al., ICCV 2023).
+
+spec.py declares it (and its training configuration), model.py holds the trained parts (taps and one alignment
+block per scale), method.py runs e4e + SAMM and blends, train.py trains the parts against a pack's frozen e4e
+encoder and generator.
+"""
+
+NETWORK = "samm"   # the pack network holding the taps and blocks
+BASE = "e4e_encoder"  # the frozen base encoder it builds on

@@ -1,0 +1,99 @@
+"""SAMM inference: e4e codes and backbone features, synthesis with the alignment blocks in the loop, RGB blend."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from ...packs import Pack
+from ..base import Inversion, Method
+from . import BASE, NETWORK
+from .model import SAMM, gather_mask
+
+
+@dataclass
+class Pass:
+    """One SAMM pass: the blended output, the generator's own (aligned) image, the mask and the per-scale alphas."""
+    image: torch.Tensor                 # [N, 3, R, R] m * x + (1 - m) * generated
+    generated: torch.Tensor             # [N, 3, R, R] G's output with aligned features
+    mask: torch.Tensor                  # [N, 1, R, R] the invertibility mask m in [0, 1]
+    alphas: dict                        # resolution -> [N, 1, r, r] alpha of each active scale
+
+
+def encode(encoder, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """W+ codes and the backbone features by spatial size, from images at the generator's resolution."""
+    size = encoder.cfg.input_size
+    x_in = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
+    features: dict = {}
+    codes = encoder(x_in, features)
+    return codes, features
+
+
+def scale_features(net: SAMM, features: dict) -> list[torch.Tensor]:
+    """The encoder feature for each of the net's scales: the one of the same spatial size, as in the paper (at
+    1024 px the 256 px encoder's stem feeds the 256 px blocks, stage ends the 128, 64 and 32 px ones)."""
+    missing = [r for r in net.scales if r not in features]
+    assert not missing, f"no encoder feature of size {missing} (the encoder has {sorted(features)})"
+    return [features[r] for r in net.scales]
+
+
+def samm_pass(G, net: SAMM, x: torch.Tensor, codes: torch.Tensor, features: list[torch.Tensor],
+              active: int | None = None, noise_mode: str = "const") -> Pass:
+    """Synthesise `codes` [N, num_ws, w_dim] with the blocks aligning G's features to `features` (coarse to fine),
+    then blend with the input x [N, 3, R, R]: the pass the method and its trainer share."""
+    hook, alphas = net.hook(features, active)
+    generated = G.synthesis.synthesize(codes, noise_mode, layer_hook=hook).img
+    mask = gather_mask(alphas, x.shape[-1])
+    return Pass(image=mask * x + (1 - mask) * generated, generated=generated, mask=mask, alphas=alphas)
+
+
+class SAMMMethod(Method):
+    name = "samm"
+
+    def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.G = pack.generator(device)
+        self.E = pack.load(BASE, device)
+        self.net = pack.load(NETWORK, device)
+        self.resolution = self.G.img_resolution
+
+    @classmethod
+    def load(cls, pack: Pack, device: str | torch.device = "cpu") -> "SAMMMethod":
+        return cls(pack, device)
+
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor) -> Inversion:
+        """images [N, 3, R, R] -> codes, blended reconstruction, and extras "mask" [N, 1, R, R] (1 = taken from the
+        input) and "source" (the input, which an edit blends again)."""
+        assert images.ndim == 4 and images.shape[1:] == (3, self.resolution, self.resolution), \
+            f"expected [N, 3, {self.resolution}, {self.resolution}], got {tuple(images.shape)}"
+        x = images.to(self.device, torch.float32)
+        codes, features = encode(self.E, x)
+        result = samm_pass(self.G, self.net, x, codes, scale_features(self.net, features))
+        back = lambda t: t.to(images.device)
+        return Inversion(latents={"w_plus": back(codes)}, image=back(result.image),
+                         extras={"mask": back(result.mask), "source": back(x)})
+
+    @torch.no_grad()
+    def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
+        """The edited code synthesised with the blocks aligning to the source's features; the mask is recomputed on
+        this pass, so what lies out of the domain (an occluder) stays where it was while the face changes."""
+        from ...latents import LatentError
+
+        if "source" not in inversion.extras:
+            raise LatentError("this inversion holds no source image (extra.source), which a samm edit blends; invert "
+                              "the image again with --method samm")
+        codes = inversion.latents["w_plus"]
+        x = inversion.extras["source"].to(self.device, torch.float32)
+        taps = scale_features(self.net, encode(self.E, x)[1])
+        w = codes.to(self.device) + strength * direction.to(self.device, codes.dtype)
+        result = samm_pass(self.G, self.net, x, w, taps)
+        back = lambda t: t.to(codes.device)
+        return Inversion(latents={"w_plus": back(w)}, image=back(result.image),
+                         extras={"mask": back(result.mask), "source": inversion.extras["source"]})
+
+    def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
+        return self.edit_inversion(inversion, direction, strength).image

@@ -1,0 +1,166 @@
+"""SAMM's trained parts (Yang et al., ICCV 2023): encoder taps and one Spatial Alignment and Masking block per scale.
+
+At each chosen generator resolution r the block sees two features of the same size:
+- g: the generator's feature inside the first (upsampling) convolution of block r (the layer "b{r}.conv0", after the
+  modulated convolution and its noise, before bias and activation: `SynthesisNetwork`'s layer hook);
+- f: the frozen e4e encoder's feature at resolution r, mapped to g's channels by a 1x1 convolution (the "tap").
+
+Algorithm 1 of the paper, per scale (N cycles, every cycle warps the ORIGINAL g):
+  1. (dx, dy, a) = blur(AlignNet(g_{j-1}, f))  with dx, dy = 0.08 tanh(.) in normalised grid units, a = sigmoid(.)
+  2. flow = clip(flow + (dx, dy), +-0.08);  alpha = a (first cycle) or a * alpha + alpha * (1 - alpha)
+  3. on the last cycle the coarser scale's alpha, upsampled, is fused in the same way: alpha <- alpha * up + up * (1 - up)
+  4. g_j = grid_sample(g, identity + flow) * alpha + g * (1 - alpha)
+Algorithm 2, across scales (coarse to fine, each alpha upsampled to the output size):
+  m = up(alpha_1);  m <- m * (up(alpha_i) - m + 1)  -- only areas every scale marks stay high
+The output is m * x + (1 - m) * G(w, warped features): m is the invertibility mask (1 = out of domain, from the input).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...core.ops import upfirdn2d
+
+
+def fuse(previous: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    """The paper's mask fusion: new * previous + previous * (1 - previous). Zero where `previous` is zero; clipped
+    to [0, 1] as the official code does."""
+    return (new * previous + previous * (1 - previous)).clamp(0, 1)
+
+
+class Bottleneck(nn.Module):
+    """An IR bottleneck without squeeze-excitation, instance-normalised: x + body(x) (1x1 projection when the width
+    changes), body = IN, 3x3 conv, PReLU, 3x3 conv."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.InstanceNorm2d(in_channels, affine=True),
+                                  nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False), nn.PReLU(out_channels),
+                                  nn.Conv2d(out_channels, out_channels, 3, 1, 1))
+        self.shortcut = nn.Identity() if in_channels == out_channels else nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shortcut(x) + self.body(x)
+
+
+class AlignNet(nn.Module):
+    """(g, f) -> [N, 3, H, W]: flow dx, dy in +-max_flow (grid units) and alpha in (0, 1), blurred by [1, 3, 3, 1].
+
+    Both inputs are instance-normalised; the net reads cat[norm(g) - norm(f), norm(f)] through two bottlenecks.
+    """
+
+    def __init__(self,
+                 channels: int,          # channels of g and f
+                 hidden: int,            # width of the first bottleneck (the paper's 2 * channels at 1024 px)
+                 max_flow: float,        # bound of each flow step, in normalised grid units ([-1, 1] spans the map)
+                 alpha_bias: float):     # initial alpha logit: training starts from a small mask
+        super().__init__()
+        self.max_flow = max_flow
+        self.norm = nn.InstanceNorm2d(channels)
+        self.body = nn.Sequential(Bottleneck(2 * channels, hidden), Bottleneck(hidden, hidden))
+        self.head = nn.Conv2d(hidden, 3, 1)
+        nn.init.normal_(self.head.weight, std=1e-3)  # start close to no flow and a uniform small alpha
+        with torch.no_grad():
+            self.head.bias.copy_(torch.tensor([0.0, 0.0, alpha_bias]))
+        self.register_buffer("blur", upfirdn2d.setup_filter([1, 3, 3, 1]))
+
+    def forward(self, g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        assert g.shape == f.shape, f"g {tuple(g.shape)} and f {tuple(f.shape)} must match"
+        g, f = self.norm(g), self.norm(f)
+        out = self.head(self.body(torch.cat([g - f, f], dim=1)))
+        out = torch.cat([torch.tanh(out[:, :2]) * self.max_flow, torch.sigmoid(out[:, 2:])], dim=1)
+        return upfirdn2d.filter2d(out, self.blur)
+
+
+def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """x [N, C, H, W] sampled at identity + flow ([N, 2, H, W], (dx, dy) in normalised units), bilinear."""
+    n, _, h, w = x.shape
+    ys = torch.linspace(-1, 1, h, device=x.device, dtype=x.dtype)
+    xs = torch.linspace(-1, 1, w, device=x.device, dtype=x.dtype)
+    base = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # [H, W, 2] as (x, y)
+    grid = base.unsqueeze(0) + flow.permute(0, 2, 3, 1)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+
+
+class SAMMBlock(nn.Module):
+    """One scale: N alignment cycles on the generator feature g against the encoder feature f."""
+
+    def __init__(self, channels: int, hidden: int, cycles: int = 2, max_flow: float = 0.08, alpha_bias: float = -2.0):
+        super().__init__()
+        self.cycles, self.max_flow = cycles, max_flow
+        self.align = AlignNet(channels, hidden, max_flow, alpha_bias)
+
+    def forward(self, g: torch.Tensor, f: torch.Tensor, coarser_alpha: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """g, f [N, C, H, W]; coarser_alpha [N, 1, h, w] or None -> (aligned g, flow [N, 2, H, W], alpha
+        [N, 1, H, W])."""
+        current, flow, alpha = g, None, None
+        for cycle in range(self.cycles):
+            step = self.align(current, f)
+            if flow is None:
+                flow, alpha = step[:, :2], step[:, 2:]
+            else:
+                flow = (flow + step[:, :2]).clamp(-self.max_flow, self.max_flow)
+                alpha = fuse(alpha, step[:, 2:])
+            if cycle == self.cycles - 1 and coarser_alpha is not None:
+                up = F.interpolate(coarser_alpha, size=alpha.shape[-2:], mode="bilinear", align_corners=False)
+                alpha = fuse(up, alpha)
+            current = warp(g, flow) * alpha + g * (1 - alpha)
+        return current, flow, alpha
+
+
+class SAMM(nn.Module):
+    """The trained parts: a tap (1x1 conv: encoder channels -> generator channels) and a SAMMBlock per scale."""
+
+    def __init__(self,
+                 scales: list,             # generator resolutions with a block, coarse to fine (e.g. [8, 16, 32, 64])
+                 gen_channels: list,       # the generator's channels at each scale (the b{r}.conv0 output)
+                 enc_channels: list,       # the encoder feature's channels at each scale
+                 hidden_max: int = 64,     # cap on an AlignNet's width (2 * channels below the cap)
+                 cycles: int = 2,          # refinement cycles N (the paper's default: 2)
+                 max_flow: float = 0.08,   # flow bound in grid units
+                 alpha_bias: float = -2.0):  # initial alpha logit
+        super().__init__()
+        assert len(scales) == len(gen_channels) == len(enc_channels) and list(scales) == sorted(scales)
+        self.config = dict(scales=list(scales), gen_channels=list(gen_channels), enc_channels=list(enc_channels),
+                           hidden_max=hidden_max, cycles=cycles, max_flow=max_flow, alpha_bias=alpha_bias)
+        self.scales = list(scales)
+        self.taps = nn.ModuleList(nn.Conv2d(e, g, 1) for e, g in zip(enc_channels, gen_channels))
+        self.blocks = nn.ModuleList(SAMMBlock(g, min(2 * g, hidden_max), cycles, max_flow, alpha_bias)
+                                    for g in gen_channels)
+
+    def layer_names(self) -> list[str]:
+        """The synthesis layers whose features the blocks align (the first conv of each block)."""
+        return [f"b{r}.conv0" for r in self.scales]
+
+    def hook(self, features: list[torch.Tensor], active: int | None = None):
+        """A layer hook for `SynthesisNetwork.synthesize` and the state it fills: features are the encoder's at each
+        scale (coarse to fine); only the `active` coarsest scales align (progressive training). The returned dict
+        collects each active scale's alpha [N, 1, r, r] by resolution."""
+        active = len(self.scales) if active is None else active
+        taps = {f"b{r}.conv0": (i, r) for i, r in enumerate(self.scales[:active])}
+        alphas: dict[int, torch.Tensor] = {}
+
+        def layer_hook(name: str, g: torch.Tensor) -> torch.Tensor:
+            if name not in taps:
+                return g
+            i, r = taps[name]
+            f = self.taps[i](features[i].to(g.dtype))
+            assert f.shape == g.shape, f"{name}: encoder tap {tuple(f.shape)} vs generator {tuple(g.shape)}"
+            coarser = alphas[self.scales[i - 1]] if i > 0 else None
+            aligned, _, alphas[r] = self.blocks[i](g.contiguous(), f, coarser)
+            return aligned
+
+        return layer_hook, alphas
+
+
+def gather_mask(alphas: dict[int, torch.Tensor], size: int) -> torch.Tensor:
+    """Algorithm 2: the per-scale alphas (coarse to fine) upsampled to `size` and fused -> [N, 1, size, size]."""
+    mask = None
+    for r in sorted(alphas):
+        up = F.interpolate(alphas[r], size=(size, size), mode="bilinear", align_corners=False)
+        mask = up if mask is None else mask * (up - mask + 1)
+    assert mask is not None, "no scale was active"
+    return mask.clamp(0, 1)

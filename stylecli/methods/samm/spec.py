@@ -1,0 +1,69 @@
+"""SAMM's declaration: what `--method samm`, `stylecli train samm` and `stylecli blend` need to know, without torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ...train.targets import TrainingSpec, setting
+from ..base import MethodSpec
+from . import BASE, NETWORK
+
+
+@dataclass
+class SAMMTrainingConfig:
+    run_dir: str
+    model: str = setting("synthface-64", "Pack with the frozen e4e encoder and generator, the discriminator and the "
+                                         "loss networks.")
+    data: str = setting("synth", "'synth' (train-stream faces, shares of them with out-of-domain additions or moved "
+                                 "heads) or a folder of aligned face images.")
+    ood_share: float = setting(0.5, "synth: share of faces with out-of-domain additions (hats, hands, stickers, "
+                                    "shapes, textures).", min=0)
+    geometric_share: float = setting(0.25, "synth: share of faces whose head is moved, rotated or scaled.", min=0)
+    batch: int = setting(8, "Total batch size over all processes.", min=1)
+    steps: int = setting(8000, "Optimisation steps.", min=1)
+    scales: str = setting("auto", "Generator resolutions with an alignment block, e.g. 8,16,32,64 ('auto': 8..64 at "
+                                  "64 px, the paper's 32..256 at 1024 px).")
+    lr: float = setting(1e-4, "Adam learning rate of the taps and blocks (the paper: 2e-5 at batch 2 over far more "
+                              "steps).", min=0)
+    hidden_max: int = 32               # cap on an alignment net's width (2 * channels below it)
+    cycles: int = 2                    # refinement cycles N (the paper's default)
+    max_flow: float = 0.08             # flow bound in normalised grid units
+    # Losses (the official E4E_Face.yml): MSE 1, identity 0.1, perceptual 1 with its style term 50, adversarial 0.5,
+    # mask 5.0 = sum over scales of 0.04 mean(min(m, 1 - m)) + max(0, mean(m) - cap).
+    mse_weight: float = 1.0
+    id_weight: float = 0.1
+    perceptual_weight: float = 1.0
+    style_weight: float = 50.0
+    adv_weight: float = 0.5
+    mask_weight: float = 5.0
+    binary_weight: float = 0.04
+    area_caps: tuple = (0.30, 0.30, 0.20, 0.20)  # per scale, coarse to fine (the official 32/64/128/256)
+    final_area_cap: float = 0.20                 # the gathered mask at the output size (the official's "1024")
+    d_lr: float = 2e-5
+    betas: tuple = (0.0, 0.99)
+    r1_gamma: float = 0.0              # the official sets R1 10 but an interval it never reaches: off
+    ema_beta: float = 0.999
+    progressive_start: int | None = None  # None: 10% of the steps; then one more (finer) scale every
+    progressive_step: int | None = None   # None: 20% of the steps (the official: 2k, then every 4k)
+    init: str | None = setting(None, "Start the taps and blocks from this samm run folder or pack.")
+    checkpoint_every: int = setting(250, "Checkpoint interval in steps (also written at the end).", min=1)
+    log_every: int = 25
+    workers: int = setting(1, "Processes that read or render training images beside training (0: none).", min=0)
+    seed: int = setting(0, "Random seed.")
+    device: str = "cpu"
+
+
+SPEC = MethodSpec(
+    name="samm",
+    summary="e4e plus spatial alignment and an invertibility mask: out-of-domain content (accessories, occluders, "
+            "background) is blended back from the input.",
+    implementation="stylecli.methods.samm.method:SAMMMethod",
+    networks=(BASE, NETWORK),
+    makes_masks=True,
+    training=TrainingSpec(
+        name="samm", summary="Train SAMM's taps and alignment blocks against a pack's frozen e4e encoder and "
+                             "generator (the paper's losses; ground-truth masks are never used).",
+        config=SAMMTrainingConfig, trainer="stylecli.methods.samm.train:SAMMTrainer",
+        export="stylecli.methods.samm.train:samm_from_run",
+        example="stylecli train samm --model synthface-64 --data synth --steps 8000 --run-dir runs/samm"),
+)

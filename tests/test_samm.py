@@ -1,0 +1,185 @@
+"""SAMM: the alignment and masking arithmetic against the paper's algorithms, the method, and its training."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stylecli.methods.samm.model import SAMM, SAMMBlock, fuse, gather_mask, warp
+from stylecli.methods.samm.train import build_samm, default_scales, mask_loss, parse_scales
+from stylecli.packs import Pack
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True,
+                          env={**os.environ, "COLUMNS": "200"}, timeout=600)
+
+
+def test_fuse_is_the_papers_update_and_keeps_zeros():
+    previous, new = torch.tensor([0.0, 0.3, 1.0, 0.6]), torch.tensor([1.0, 0.5, 0.0, 0.9])
+    torch.testing.assert_close(fuse(previous, new), new * previous + previous * (1 - previous))
+    assert fuse(previous, new)[0] == 0  # an area the coarser scale leaves alone stays alone
+
+
+def test_gather_mask_is_algorithm_2():
+    a8, a16 = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 16, 16)
+    up = lambda a: torch.nn.functional.interpolate(a, size=(64, 64), mode="bilinear", align_corners=False)
+    m = up(a8)
+    m = m * (up(a16) - m + 1)
+    torch.testing.assert_close(gather_mask({16: a16, 8: a8}, 64), m.clamp(0, 1))
+
+
+def test_warp_with_zero_flow_is_the_identity_and_a_flow_shifts():
+    x = torch.randn(2, 5, 16, 16)
+    torch.testing.assert_close(warp(x, torch.zeros(2, 2, 16, 16)), x, atol=1e-5, rtol=0)
+    shift = torch.zeros(2, 2, 16, 16)
+    shift[:, 0] = 2 / 15  # one pixel to the right in normalised units (align_corners: 15 steps span [-1, 1])
+    moved = warp(x, shift)
+    torch.testing.assert_close(moved[..., :-1], x[..., 1:], atol=1e-5, rtol=0)
+
+
+def test_block_follows_algorithm_1():
+    """N cycles, each warping the ORIGINAL g with the summed, clipped flow and the fused alpha; the coarser alpha
+    fused in on the last cycle."""
+    torch.manual_seed(0)
+    block = SAMMBlock(channels=4, hidden=8, cycles=2, max_flow=0.08, alpha_bias=0.0).eval()
+    with torch.no_grad():
+        block.align.head.weight.normal_(std=0.5)
+    g, f, coarse = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.rand(1, 1, 4, 4)
+    with torch.no_grad():
+        out, flow, alpha = block(g, f, coarse)
+        s1 = block.align(g, f)
+        flow1, alpha1 = s1[:, :2], s1[:, 2:]
+        g1 = warp(g, flow1) * alpha1 + g * (1 - alpha1)
+        s2 = block.align(g1, f)
+        flow2 = (flow1 + s2[:, :2]).clamp(-0.08, 0.08)
+        up = torch.nn.functional.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False)
+        alpha2 = fuse(up, fuse(alpha1, s2[:, 2:]))
+        expected = warp(g, flow2) * alpha2 + g * (1 - alpha2)
+    torch.testing.assert_close(flow, flow2)
+    torch.testing.assert_close(alpha, alpha2)
+    torch.testing.assert_close(out, expected)
+    assert flow.abs().max() <= 0.08 + 1e-6 and 0 <= alpha.min() and alpha.max() <= 1
+
+
+@pytest.fixture(scope="module")
+def pack():
+    return Pack.open(SHIPPED)
+
+
+def test_blocks_sit_in_the_first_conv_of_their_blocks_and_a_closed_mask_is_e4e(pack):
+    from stylecli.methods.samm.method import encode, samm_pass, scale_features
+    from stylecli.methods.samm.spec import SAMMTrainingConfig
+
+    G, E = pack.generator(), pack.load("e4e_encoder")
+    net = build_samm(G, E, [8, 16, 32, 64], SAMMTrainingConfig(run_dir="unused")).eval()
+    assert net.layer_names() == ["b8.conv0", "b16.conv0", "b32.conv0", "b64.conv0"]
+    with torch.no_grad():
+        for block in net.blocks:
+            block.align.head.bias[2] = -30.0  # alpha = 0: no warp, no mask
+        x = torch.rand(2, 3, 64, 64) * 2 - 1
+        codes, features = encode(E, x)
+        result = samm_pass(G, net, x, codes, scale_features(net, features))
+        e4e = G.synthesis(E(x), noise_mode="const")
+    assert result.mask.shape == (2, 1, 64, 64) and result.mask.max() < 1e-6
+    torch.testing.assert_close(result.image, e4e, atol=1e-4, rtol=0)
+    assert set(result.alphas) == {8, 16, 32, 64}
+    with torch.no_grad():
+        coarse_only = samm_pass(G, net, x, codes, scale_features(net, features), active=1)
+    assert set(coarse_only.alphas) == {8}
+
+
+def test_mask_loss_terms():
+    m = torch.full((2, 1, 4, 4), 0.5)
+    torch.testing.assert_close(mask_loss(m, cap=0.3, binary_weight=0.04), torch.tensor(0.04 * 0.5 + 0.2))
+    m = torch.zeros(2, 1, 4, 4)
+    assert mask_loss(m, 0.3, 0.04) == 0
+
+
+def test_scales():
+    assert default_scales(64) == [8, 16, 32, 64] and default_scales(1024) == [32, 64, 128, 256]
+    assert parse_scales("16,8,32", 64) == [8, 16, 32]
+    for bad in ("12", "4,8", "128", "x"):
+        with pytest.raises(ValueError):
+            parse_scales(bad, 64)
+
+
+def _config(tmp_path, **kw):
+    from stylecli.methods.samm.spec import SAMMTrainingConfig
+
+    base = dict(run_dir=str(tmp_path), model=str(SHIPPED), batch=2, steps=2, workers=0, checkpoint_every=1,
+                log_every=1, progressive_start=1, progressive_step=1)
+    return SAMMTrainingConfig(**{**base, **kw})
+
+
+def test_training_moves_only_the_taps_and_blocks_and_resumes_exactly(tmp_path, pack):
+    from stylecli.methods.samm.train import SAMMTrainer
+
+    straight = SAMMTrainer(_config(tmp_path / "a", steps=3))
+    G_before = {k: v.clone() for k, v in straight.G.state_dict().items()}
+    E_before = {k: v.clone() for k, v in straight.E.state_dict().items()}
+    start = {k: v.clone() for k, v in straight.net.state_dict().items()}
+    straight.run()
+    assert all(torch.equal(v, straight.G.state_dict()[k]) for k, v in G_before.items())
+    assert all(torch.equal(v, straight.E.state_dict()[k]) for k, v in E_before.items())
+    assert any(not torch.equal(v, straight.net.state_dict()[k]) for k, v in start.items())
+    records = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["active_scales"] for r in records] == [1, 2, 3]  # progressive mask resolution
+
+    first = SAMMTrainer(_config(tmp_path / "b", steps=2))
+    first.run()
+    resumed = SAMMTrainer(_config(tmp_path / "b", steps=3), resume=True)
+    assert resumed.step == 2
+    resumed.run()
+    for key, value in straight.ema.state_dict().items():
+        torch.testing.assert_close(resumed.ema.state_dict()[key], value, msg=key)
+
+
+def test_train_export_invert_edit_and_blend_from_the_command_line(tmp_path):
+    """The whole chain a user runs: train a few steps, put the run into a copy of the pack, invert with masks and
+    edit with the mask recomputed; ground-truth masks are never read."""
+    import shutil
+
+    from PIL import Image
+
+    from stylecli.data.sets import make_sample
+
+    pack_dir = tmp_path / "pack"
+    shutil.copytree(SHIPPED, pack_dir)
+    out = cli("train", "samm", "--model", str(pack_dir), "--steps", "2", "--batch", "2", "--workers", "0",
+              "--run-dir", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    out = cli("weights", "from-runs", str(pack_dir), str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr
+    manifest = json.loads((pack_dir / "manifest.json").read_text())
+    assert manifest["networks"]["samm"]["class"] == "stylecli.methods.samm.model.SAMM"
+    assert manifest["provenance"]["samm"]["steps"] == 2
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for i in range(2):
+        make_sample("ood", i).image.save(faces / f"face{i}.png")
+    out = cli("invert", str(faces), "--method", "samm", "--model", str(pack_dir), "-o", str(tmp_path / "inv"))
+    assert out.returncode == 0, out.stderr
+    mask = Image.open(tmp_path / "inv" / "face0.mask.png")
+    assert mask.mode == "L" and mask.size == (64, 64)
+    out = cli("edit", str(tmp_path / "inv"), "--latent", "--method", "samm", "--model", str(pack_dir),
+              "-d", "smile", "-s", "2", "-o", str(tmp_path / "edit"))
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "edit" / "face0_smile+2.png").is_file()
+    out = cli("blend", str(faces), "--model", str(pack_dir), "-d", "smile", "-s", "2", "--compare",
+              "-o", str(tmp_path / "blend"))
+    assert out.returncode == 0, out.stderr
+    names = sorted(p.name for p in (tmp_path / "blend").iterdir())
+    assert names == sorted(f"face{i}_smile+2{end}" for i in range(2)
+                           for end in (".png", ".mask.png", "_overlay.png", "_compare.png"))
+    assert Image.open(tmp_path / "blend" / "face0_smile+2_compare.png").size == (4 * 64 + 3 * 2, 64)
+    again = cli("blend", str(faces), "--model", str(pack_dir), "-d", "smile", "-s", "2", "--compare",
+                "-o", str(tmp_path / "blend"))
+    assert again.returncode == 0 and "blended: 0 done, 2 skipped" in again.stderr
