@@ -6,15 +6,19 @@ An evaluation set is a synthetic set's name or a folder of aligned images with o
 
 Inversion: PSNR, SSIM, MS-SSIM (pytorch-msssim; the window is 11 taps where the image allows, else the largest that
 fits MS-SSIM's four downsamplings: 3 taps at 64 px), L2 (MSE in [-1, 1]), perceptual distance and ID similarity (the
-pack's loss networks), seconds per image at batch 1 (median) and peak memory. With masks: the PSNR outside them (the
-face around added objects). With an attribute predictor: domain FID between reconstructions and inputs, and the mean
-absolute change of the editable attributes from input to reconstruction (in std over the set). A metric that cannot
-be computed is left out of the row, its reason under `skipped`.
+pack's loss networks), seconds per image at batch 1 (median) and peak memory. On a set with masks: the PSNR inside
+them (the added objects) and outside them (the face around them). For a method whose inversion carries
+extras["mask"]: its mean area on every set and, on a set with masks, its IoU with them (`masks.py`). With an
+attribute predictor: domain FID between reconstructions and inputs, and the mean absolute change of the editable
+attributes from input to reconstruction (in std over the set). A metric that cannot be computed is left out of the
+row, its reason under `skipped`.
 
 Editing, on `indomain` or another set: for each direction, the change of its attribute per unit strength (in standard
 deviations of that attribute over the set), the mean absolute drift of every other editable attribute (same units),
-and the ID similarity between the edited and the unedited reconstruction. The standard deviations come from the set's
-labels where they hold the attribute, else from the predictor's predictions on the set's images.
+and the ID similarity between the edited and the unedited reconstruction; on a set with masks, the PSNR of the edited
+image against the input inside them (`psnr_kept`: how much of what was added survives the edit). The standard
+deviations come from the set's labels where they hold the attribute, else from the predictor's predictions on the
+set's images.
 """
 
 from __future__ import annotations
@@ -33,10 +37,13 @@ from ..data.render import ATTRIBUTES, FaceParams
 from ..data.sets import evaluation_set, rerender
 from ..imageio import image_to_tensor, make_grid, tensor_to_images
 from ..losses import LossNetworks, attribute_kinds
+from .masks import EMPTY_TRUTHS, FULL_TRUTHS, mask_agreement, masked_psnr, predicted_masks
 from .quality import frechet_distance
 from .timing import measure
 
 NO_PREDICTOR = "the pack has no attribute predictor"
+NO_SET_MASKS = "the set has no masks"
+NO_METHOD_MASKS = "the method makes no masks"
 FID_MIN_COUNT = 10  # fewer images give no usable covariance
 
 
@@ -123,12 +130,32 @@ def image_metrics(x: torch.Tensor, y: torch.Tensor, losses: LossNetworks) -> dic
     }
 
 
-def psnr_outside(x: torch.Tensor, y: torch.Tensor, masks: torch.Tensor) -> float:
-    """Mean PSNR per image over the pixels outside its mask (images in [-1, 1], masks [N, 1, R, R] bool)."""
-    keep = (~masks).float().expand_as(x)
-    diff = ((x.clamp(-1, 1) - y.clamp(-1, 1)) / 2).square() * keep
-    mse01 = diff.sum(dim=[1, 2, 3]) / keep.sum(dim=[1, 2, 3]).clamp(min=1)
-    return float((10 * torch.log10(1 / mse01.clamp(min=1e-10))).mean())
+def _mask_scores(x: torch.Tensor, recon: torch.Tensor, truth: torch.Tensor | None, predicted: torch.Tensor | None,
+                 skipped: dict) -> dict:
+    """The row's mask measures (`masks.py`), their reasons for being left out added to `skipped`. PSNR inside and
+    outside the ground truth holds for every method (what e4e, which has no mask, makes of added objects is the
+    baseline); the mask's own measures need a method that makes masks."""
+    row = {}
+    if truth is None:
+        skipped.update(psnr_inside=NO_SET_MASKS, psnr_outside=NO_SET_MASKS)
+    else:
+        for name, region, why in (("psnr_inside", truth, EMPTY_TRUTHS), ("psnr_outside", ~truth, FULL_TRUTHS)):
+            value = masked_psnr(x, recon, region)
+            if value is None:
+                skipped[name] = why
+            else:
+                row[name] = value
+    if predicted is None:
+        skipped.update(mask_area=NO_METHOD_MASKS, mask_iou=NO_METHOD_MASKS, mask_iou_per_image=NO_METHOD_MASKS)
+        return row
+    row["mask_area"] = float(predicted.mean())
+    if truth is None:
+        skipped.update(mask_iou=NO_SET_MASKS, mask_iou_per_image=NO_SET_MASKS)
+    else:
+        scores, why = mask_agreement(predicted, truth)
+        row.update(scores)
+        skipped.update(why)
+    return row
 
 
 @torch.no_grad()
@@ -139,13 +166,17 @@ def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, 
     inverted. The row holds what could be measured; `skipped` names the rest and why."""
     data = load_set(set_name, count, method.resolution)
     x = data.images
-    recon = torch.cat([_counted(method.invert(chunk).image, on_batch, len(chunk)) for chunk in x.split(batch)])
+    recon, masks = [], []
+    for chunk in x.split(batch):
+        inversion = _counted(method.invert(chunk), on_batch, len(chunk))
+        recon.append(inversion.image)
+        # Only the mask is kept of the extras: an inversion may hold much more (feature codes, a copy of the input).
+        masks.append(getattr(inversion, "extras", {}).get("mask"))
+    recon = torch.cat(recon)
+    predicted = predicted_masks(masks, len(x), method.resolution)
     row = {"set": set_name, "count": len(x), **image_metrics(x, recon, losses)}
     skipped = {}
-    if data.masks is not None:
-        row["psnr_unmasked"] = psnr_outside(x, recon, data.masks)
-    else:
-        skipped["psnr_unmasked"] = "the set has no masks"
+    row.update(_mask_scores(x, recon, data.masks, predicted, skipped))
     predictor = losses.attributes
     if predictor is None:
         skipped.update(domain_fid=NO_PREDICTOR, attribute_error_std=NO_PREDICTOR)
@@ -222,8 +253,13 @@ def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int 
         edited = torch.cat([_counted(method.edit(inv, direction.vector, strength), on_batch, len(inv.image))
                             for inv in inversions])
         row = _edit_row(dname, targets[dname], base, edited, losses, _scales_for(targets[dname], editable, std))
-        rows.append({**row, "set": set_name, "strength": strength,
-                     "target_change_per_unit": row["target_change_std"] / strength})
+        row.update(set=set_name, strength=strength, target_change_per_unit=row["target_change_std"] / strength)
+        # What was added to the face should come through the edit as it was: compared with the input, not with the
+        # reconstruction, so that a method that never reconstructed it (e4e, the baseline) scores what it lost.
+        kept = masked_psnr(data.images, edited, data.masks) if data.masks is not None else None
+        if kept is not None:
+            row["psnr_kept"] = kept
+        rows.append(row)
     return rows
 
 

@@ -6,7 +6,7 @@ import json
 import re
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import typer
 from rich.table import Table
@@ -151,7 +151,28 @@ def _slug(set_name: str) -> str:
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
-    return format(row[key], fmt) if key in row else "-"
+    """row[key] formatted, "-" where the row does not have it; fmt "ms" writes seconds as milliseconds."""
+    if key not in row:
+        return "-"
+    return f"{row[key] * 1e3:.1f} ms" if fmt == "ms" else format(row[key], fmt)
+
+
+class Column(NamedTuple):
+    """A column of the inversion table; its key is the row's (inversion.json's)."""
+    header: str
+    key: str
+    fmt: str = ""
+    optional: bool = False  # shown only when some row has the key (measures that need masks)
+
+
+INVERSION_COLUMNS = (
+    Column("method", "method"), Column("set", "set"), Column("PSNR", "psnr", ".2f"), Column("SSIM", "ssim", ".3f"),
+    Column("MS-SSIM", "ms_ssim", ".3f"), Column("L2", "l2", ".4f"), Column("percept.", "perceptual", ".4f"),
+    Column("ID sim", "id_similarity", ".3f"), Column("PSNR inside", "psnr_inside", ".2f", optional=True),
+    Column("PSNR outside", "psnr_outside", ".2f", optional=True), Column("FID", "domain_fid", ".2f"),
+    Column("attr. err", "attribute_error_std", ".3f"), Column("mask IoU", "mask_iou", ".3f", optional=True),
+    Column("mask area", "mask_area", ".3f", optional=True), Column("s/img", "seconds_per_image", "ms"),
+)
 
 
 @bench_app.command("inversion")
@@ -169,6 +190,7 @@ def inversion_command(
     Example: stylecli bench inversion --method e4e --model synthface-64 --count 200 --set ood --set data/my-faces
     """
     from ..bench.inversion import evaluate_inversion
+    from ..bench.masks import MASK_THRESHOLD
     from ..data.sets import check_evaluation_set
     from ..imageio import save_image
 
@@ -176,9 +198,7 @@ def inversion_command(
         for set_name in sets:
             check_evaluation_set(set_name)
 
-    table = Table("method", "set", "PSNR", "SSIM", "MS-SSIM", "L2", "percept.", "ID sim", "PSNR unmasked", "FID",
-                  "attr. err", "s/img", title=f"inversion on {model} (up to {count} images per set)")
-    rows, notes = [], {}  # note -> the sets it applies to
+    rows, unreadable = [], {}
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
         for set_name in sets:
@@ -187,16 +207,28 @@ def inversion_command(
             row["method"] = name
             rows.append(row)
             save_image(comparison, out / f"{name}_{_slug(set_name)}.png")
-            table.add_row(name, set_name, f"{row['psnr']:.2f}", f"{row['ssim']:.3f}", f"{row['ms_ssim']:.3f}",
-                          f"{row['l2']:.4f}", f"{row['perceptual']:.4f}", f"{row['id_similarity']:.3f}",
-                          _cell(row, "psnr_unmasked", ".2f"), _cell(row, "domain_fid", ".2f"),
-                          _cell(row, "attribute_error_std", ".3f"), f"{row['seconds_per_image'] * 1e3:.1f} ms")
-            for metric, why in row["skipped"].items():
-                notes.setdefault(f"{metric}: '-' where {why}", set()).add(set_name)
             if row.get("unreadable"):
-                notes[f"{set_name}: {len(row['unreadable'])} unreadable file(s) passed over, e.g. "
-                      f"{row['unreadable'][0]}"] = set()
+                unreadable[set_name] = row["unreadable"]
+    # Columns that only some runs have (masks: of the set, of the method) are shown when a row has them, so that a
+    # table of methods without masks on sets without masks stays as narrow as before.
+    columns = [c for c in INVERSION_COLUMNS if not c.optional or any(c.key in row for row in rows)]
+    table = Table(*(c.header for c in columns), title=f"inversion on {model} (up to {count} images per set)")
+    notes = {}  # note -> the sets it applies to
+    for row in rows:
+        table.add_row(*(_cell(row, c.key, c.fmt) for c in columns))
+        for metric, why in row["skipped"].items():
+            if metric in {c.key for c in columns}:  # a note for each '-' in the table (inversion.json: all of them)
+                notes.setdefault(f"{metric}: '-' where {why}", set()).add(row["set"])
+    for set_name, files in unreadable.items():
+        notes[f"{set_name}: {len(files)} unreadable file(s) passed over, e.g. {files[0]}"] = set()
     show(table)
+    shown = {c.key for c in columns}
+    if "psnr_inside" in shown:
+        console.print("PSNR inside / outside: over the pixels inside / outside the set's masks (what was added to the "
+                      "face / the face around it)")
+    if "mask_iou" in shown:
+        console.print(f"mask IoU: the method's mask >= {MASK_THRESHOLD} against the set's masks, over all the set's "
+                      "pixels; mask area: the mean of the method's mask (inversion.json: per-image IoU too)")
     for note, on in notes.items():
         console.print(note + (f" ({', '.join(sorted(on))})" if on else ""))
     out.mkdir(parents=True, exist_ok=True)
@@ -232,15 +264,11 @@ def editing_command(
         check_evaluation_set(set_name)
 
     ranges = [parse_layers(text) for text in layers]
-    table = Table("method", "direction", "target change ± SE", "per unit", "max drift", "ID sim",
-                  title=f"editing on {model}, {set_name}, at strength {strength} ({count} images), in attribute std")
-    rows = []
+    rows, per_units = [], []
 
     def add(row: dict, method_name: str, per_unit: str) -> None:
         rows.append({**row, "method": method_name})
-        table.add_row(method_name, row["direction"],
-                      f"{row['target_change_std']:+.2f} ± {row['target_change_se']:.2f}", per_unit,
-                      f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}")
+        per_units.append(per_unit)
 
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
@@ -258,6 +286,20 @@ def editing_command(
         with console.status(f"renderer reference on {count} images"), _usage_errors():
             for row in evaluate_reference_editing(losses, targets, count, runner.resolution, set_name=set_name):
                 add(row, "renderer", "(+1 std)")
+    # On a set with masks: how much of what was added survives each edit (a column only then).
+    kept = any("psnr_kept" in row for row in rows)
+    table = Table("method", "direction", "target change ± SE", "per unit", "max drift", "ID sim",
+                  *(["PSNR kept in mask"] if kept else []),
+                  title=f"editing on {model}, {set_name}, at strength {strength} ({count} images), in attribute std")
+    for row, per_unit in zip(rows, per_units):
+        table.add_row(row["method"], row["direction"],
+                      f"{row['target_change_std']:+.2f} ± {row['target_change_se']:.2f}", per_unit,
+                      f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}",
+                      *([_cell(row, "psnr_kept", ".2f")] if kept else []))
     show(table)
+    if kept:
+        console.print("PSNR kept in mask: the edited image against the input inside the set's masks, in dB (how much "
+                      "of what was added survives the edit)" + ("; '-' for the renderer, which renders the face "
+                                                               "again without it" if reference else ""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "editing.json").write_text(json.dumps(rows, indent=2))
