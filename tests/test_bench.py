@@ -134,7 +134,7 @@ def test_bench_inversion_command_on_a_folder_notes_what_it_skipped(tmp_path):
     faces.mkdir()
     for i in range(3):
         Image.new("RGB", (64, 64), (40 * i, 120, 90)).save(faces / f"{i}.jpg")
-    out = cli("bench", "inversion", "--model", "synthface-64", "--set", str(faces), "--count", "3",
+    out = cli("bench", "inversion", "--timing-calls=2", "--model", "synthface-64", "--set", str(faces), "--count", "3",
               "-o", str(tmp_path / "bench"))
     assert out.returncode == 0, out.stderr
     # No set masks, no method masks: none of their columns, and no notes about them.
@@ -143,7 +143,7 @@ def test_bench_inversion_command_on_a_folder_notes_what_it_skipped(tmp_path):
     row, = json.loads((tmp_path / "bench" / "inversion.json").read_text())
     assert row["set"] == str(faces) and row["count"] == 3 and "attribute_error_std" in row
     assert (tmp_path / "bench" / f"e4e_{str(faces).strip('/').replace('/', '_')}.png").is_file()
-    bad = cli("bench", "inversion", "--model", "synthface-64", "--set", "holiday", "--count", "2",
+    bad = cli("bench", "inversion", "--timing-calls=2", "--model", "synthface-64", "--set", "holiday", "--count", "2",
               "-o", str(tmp_path / "bench"))
     assert bad.returncode == 2 and "holiday: neither a set" in bad.stderr and "Traceback" not in bad.stderr
 
@@ -234,8 +234,8 @@ def test_mask_area_on_a_set_without_masks_and_empty_ground_truths():
 
 
 def test_bench_inversion_command_without_masks_on_ood_shows_only_the_set_mask_columns(tmp_path):
-    done = cli("bench", "inversion", "--model", "synthface-64", "--method", "e4e", "--set", "ood", "--count", "4",
-               "-o", str(tmp_path))
+    done = cli("bench", "inversion", "--timing-calls=2", "--model", "synthface-64", "--method", "e4e", "--set", "ood",
+               "--count", "4", "-o", str(tmp_path))
     assert done.returncode == 0, done.stderr
     header = done.stdout
     assert "PSNR inside" in header and "PSNR outside" in header  # the set has masks

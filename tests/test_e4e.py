@@ -273,8 +273,8 @@ def test_directions_are_listed_with_their_fit(pack, tmp_path):
 
 
 def test_bench_inversion_and_editing_tables_and_json(tmp_path, pack):
-    out = cli("bench", "inversion", "--method", "e4e", "--model", str(pack), "--set", "indomain", "--set", "ood",
-              "--count", "12", "-o", str(tmp_path))
+    out = cli("bench", "inversion", "--timing-calls=2", "--method", "e4e", "--model", str(pack), "--set", "indomain",
+              "--set", "ood", "--count", "12", "-o", str(tmp_path))
     assert out.returncode == 0, out.stderr
     rows = json.loads((tmp_path / "inversion.json").read_text())
     assert [r["set"] for r in rows] == ["indomain", "ood"]
@@ -387,6 +387,6 @@ def test_e4e_on_cuda_takes_cpu_images_and_matches_the_cpu_run(tmp_path, pack):
     Image.new("RGB", (48, 48), (120, 90, 80)).save(tmp_path / "face.png")
     out = cli("invert", str(tmp_path / "face.png"), "-o", str(tmp_path / "inv"), "--model", str(pack), "--device", "cuda")
     assert out.returncode == 0, out.stderr
-    out = cli("bench", "inversion", "--model", str(pack), "--set", "indomain", "--count", "10", "--device", "cuda",
-              "-o", str(tmp_path / "bench"))
+    out = cli("bench", "inversion", "--timing-calls=2", "--model", str(pack), "--set", "indomain", "--count", "10",
+              "--device", "cuda", "-o", str(tmp_path / "bench"))
     assert out.returncode == 0, out.stderr

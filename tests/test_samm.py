@@ -183,3 +183,55 @@ def test_train_export_invert_edit_and_blend_from_the_command_line(tmp_path):
     again = cli("blend", str(faces), "--model", str(pack_dir), "-d", "smile", "-s", "2", "--compare",
                 "-o", str(tmp_path / "blend"))
     assert again.returncode == 0 and "blended: 0 done, 2 skipped" in again.stderr
+
+
+@pytest.mark.slow
+def test_samm_at_1024_on_a_real_face_pack(tmp_path):
+    """The paper's setting with random weights: config-f 1024 generator and discriminator, the official e4e encoder
+    configuration (IR-SE50 at 256 px), LPIPS and ArcFace loss slots; SAMM at 32..256 px. One forward pass and one
+    training step at batch 1 on the CPU; the peak memory is printed (docs/samm.md records it)."""
+    import resource
+    from dataclasses import asdict
+
+    from test_losses import insightface_ir_se50_state, torchvision_alexnet_state
+    from stylecli.core.networks import Discriminator, Generator
+    from stylecli.losses import loss_network_from_file
+    from stylecli.methods.e4e.encoder import Encoder4Editing, EncoderConfig
+    from stylecli.methods.samm.method import SAMMMethod
+    from stylecli.methods.samm.train import SAMMTrainer
+    from stylecli.models import CONFIGS
+    from stylecli.packs import write_pack
+
+    torch.manual_seed(0)
+    cfg = CONFIGS["ffhq-1024"]
+    G = Generator(**cfg)
+    D = Discriminator(img_resolution=1024, channel_base=cfg["channel_base"], channel_max=cfg["channel_max"])
+    E = Encoder4Editing(**asdict(EncoderConfig.ffhq()))
+    torch.save(torchvision_alexnet_state(), tmp_path / "alexnet.pth")
+    torch.save(insightface_ir_se50_state(), tmp_path / "arcface.pth")
+    nets = {"generator": G, "discriminator": D, "e4e_encoder": E,
+            "lpips_alexnet": loss_network_from_file("lpips_alexnet", tmp_path / "alexnet.pth"),
+            "arcface": loss_network_from_file("arcface", tmp_path / "arcface.pth")}
+    pack = write_pack(tmp_path / "real1024", "real1024", nets, 1024, {"how": "random weights for a test"})
+    del G, D, E, nets
+
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    from PIL import Image
+    for i in range(2):
+        Image.fromarray((torch.rand(1024, 1024, 3) * 255).to(torch.uint8).numpy()).save(faces / f"{i}.png")
+    trainer = SAMMTrainer(_config(tmp_path / "run", model=str(pack.root), data=str(faces), batch=1, steps=1,
+                                  progressive_start=0))
+    assert trainer.net.scales == [32, 64, 128, 256]
+    trainer.run()
+    assert trainer.step == 1
+    train_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    samm_from = tmp_path / "run"
+    from stylecli.methods.samm.train import samm_from_run
+    networks, record = samm_from_run(samm_from)
+    write_pack(pack.root, "real1024", networks, 1024, record)
+    method = SAMMMethod.load(Pack.open(pack.root))
+    with torch.no_grad():
+        inversion = method.invert(torch.rand(1, 3, 1024, 1024) * 2 - 1)
+    assert inversion.image.shape == (1, 3, 1024, 1024) and inversion.extras["mask"].shape == (1, 1, 1024, 1024)
+    print(f"SAMM at 1024 px, batch 1, CPU: peak RSS {train_peak:.2f} GB after a training step")

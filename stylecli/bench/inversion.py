@@ -160,8 +160,8 @@ def _mask_scores(x: torch.Tensor, recon: torch.Tensor, truth: torch.Tensor | Non
 
 @torch.no_grad()
 def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, batch: int = 16,
-                       timing_images: int = 20, on_batch: Callable[[int], None] = lambda n: None
-                       ) -> tuple[dict, Image.Image]:
+                       timing_images: int = 20, timing_calls: int = 30,
+                       on_batch: Callable[[int], None] = lambda n: None) -> tuple[dict, Image.Image]:
     """Scores of `method` on the first `count` images of a set name or folder; on_batch(n) after each batch of n
     inverted. The row holds what could be measured; `skipped` names the rest and why."""
     data = load_set(set_name, count, method.resolution)
@@ -197,7 +197,7 @@ def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, 
     # single calls swing by a third; 10 calls left the median a few ms apart from run to run.
     singles = itertools.cycle(x[:timing_images].split(1))
     m = measure(lambda: method.invert(next(singles)), torch.device(getattr(method, "device", "cpu")), warmup=3,
-                repeats=30)
+                repeats=timing_calls)
     row["seconds_per_image"] = m.median
     row["peak_rss_bytes"] = m.peak_bytes
     comparison = make_grid(tensor_to_images(torch.cat([x[:8], recon[:8]])), columns=min(8, len(x)))

@@ -182,7 +182,9 @@ def inversion_command(
     sets: list[str] = typer.Option(["indomain", "detail", "ood", "geometric"], "--set",
                                    help=f"Evaluation sets (repeatable): {SET_HELP}."),
     count: int = typer.Option(200, "--count", min=2, help="Images per set (a folder's first ones)."),
-    out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for results.json and comparisons."),
+    out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for inversion.json and comparisons."),
+    timing_calls: int = typer.Option(30, "--timing-calls", min=1, help="Batch-1 calls timed (their median is "
+                                     "s/img), after 3 warm-up calls."),
     device: str = DeviceOption,
 ):
     """Reconstruction quality and speed of each method on evaluation sets; writes JSON and comparison images.
@@ -203,7 +205,8 @@ def inversion_command(
         runner, pack, losses = _method_and_losses(name, model, device)
         for set_name in sets:
             with progress_bar(f"{name} on {set_name}", count) as advance, _usage_errors():
-                row, comparison = evaluate_inversion(runner, losses, set_name, count, on_batch=advance)
+                row, comparison = evaluate_inversion(runner, losses, set_name, count, timing_calls=timing_calls,
+                                                     on_batch=advance)
             row["method"] = name
             rows.append(row)
             save_image(comparison, out / f"{name}_{_slug(set_name)}.png")
