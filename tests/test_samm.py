@@ -54,10 +54,11 @@ def test_block_follows_algorithm_1():
     g, f, coarse = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.rand(1, 1, 4, 4)
     with torch.no_grad():
         out, flow, alpha = block(g, f, coarse)
-        s1 = block.align(g, f)
+        fn = block.align.norm(f)
+        s1 = block.align(g, fn)
         flow1, alpha1 = s1[:, :2], s1[:, 2:]
         g1 = warp(g, flow1) * alpha1 + g * (1 - alpha1)
-        s2 = block.align(g1, f)
+        s2 = block.align(g1, fn)
         flow2 = (flow1 + s2[:, :2]).clamp(-0.08, 0.08)
         up = torch.nn.functional.interpolate(coarse, size=(8, 8), mode="bilinear", align_corners=False)
         alpha2 = fuse(up, fuse(alpha1, s2[:, 2:]))

@@ -66,10 +66,12 @@ class AlignNet(nn.Module):
             self.head.bias.copy_(torch.tensor([0.0, 0.0, alpha_bias]))
         self.register_buffer("blur", upfirdn2d.setup_filter([1, 3, 3, 1]))
 
-    def forward(self, g: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-        assert g.shape == f.shape, f"g {tuple(g.shape)} and f {tuple(f.shape)} must match"
-        g, f = self.norm(g), self.norm(f)
-        out = self.head(self.body(torch.cat([g - f, f], dim=1)))
+    def forward(self, g: torch.Tensor, f_normed: torch.Tensor) -> torch.Tensor:
+        """g [N, C, H, W]; f_normed: the encoder feature already through `self.norm` (it is the same in every
+        cycle, so the block normalises it once)."""
+        assert g.shape == f_normed.shape, f"g {tuple(g.shape)} and f {tuple(f_normed.shape)} must match"
+        g = self.norm(g)
+        out = self.head(self.body(torch.cat([g - f_normed, f_normed], dim=1)))
         out = torch.cat([torch.tanh(out[:, :2]) * self.max_flow, torch.sigmoid(out[:, 2:])], dim=1)
         return upfirdn2d.filter2d(out, self.blur)
 
@@ -97,8 +99,9 @@ class SAMMBlock(nn.Module):
         """g, f [N, C, H, W]; coarser_alpha [N, 1, h, w] or None -> (aligned g, flow [N, 2, H, W], alpha
         [N, 1, H, W])."""
         current, flow, alpha = g, None, None
+        f_normed = self.align.norm(f)
         for cycle in range(self.cycles):
-            step = self.align(current, f)
+            step = self.align(current, f_normed)
             if flow is None:
                 flow, alpha = step[:, :2], step[:, 2:]
             else:
