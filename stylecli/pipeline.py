@@ -138,6 +138,39 @@ def _write_inversion(path: Path, outputs: dict[str, Path], img: Image.Image, inv
         return _failed(path, exc)
 
 
+def _plan(files: list[Path], outputs_of: Callable[[str], dict[str, Path]], overwrite: bool,
+          report: Callable[[FileResult], None]) -> list[tuple[Path, dict[str, Path]]]:
+    """(file, its outputs) for the files to do: a file whose outputs would replace an input fails at once, a file
+    whose outputs all exist is skipped unless `overwrite`; both are reported."""
+    protected = ProtectedPaths(files)
+    todo = []
+    for path, stem in zip(files, output_stems(files)):
+        outputs = outputs_of(stem)
+        try:
+            for output in outputs.values():  # before any work: an output that would replace an input fails the file
+                protected.check(output)
+        except ImageError as exc:
+            report(_failed(path, exc))
+            continue
+        if not overwrite and all(o.exists() for o in outputs.values()):
+            report(FileResult(printable(path), "skipped", [printable(o) for o in outputs.values()]))
+        else:
+            todo.append((path, outputs))
+    return todo
+
+
+def _load(chunk: list[tuple[Path, dict]], resolution: int, report: Callable[[FileResult], None]) -> list[tuple]:
+    """(path, outputs, image, tensor [1, 3, R, R]) for each file of `chunk` that reads; the others are reported."""
+    loaded = []
+    for path, outputs in chunk:
+        try:
+            img = load_image(path)
+            loaded.append((path, outputs, img, image_to_tensor(img, resolution)))
+        except Exception as exc:
+            report(_failed(path, exc))
+    return loaded
+
+
 def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: bool = False, overwrite: bool = False,
                  batch: int = 8, masks: bool = False,
                  on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
@@ -150,36 +183,21 @@ def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: 
         results.append(result)
         on_file(result)
 
-    protected = ProtectedPaths(files)
-    todo = []
-    for path, stem in zip(files, output_stems(files)):
+    def outputs_of(stem: str) -> dict[str, Path]:
         outputs = {"image": out / f"{stem}.png", "latent": out / f"{stem}{SUFFIX}"}
         if masks:
             outputs["mask"] = out / f"{stem}.mask.png"
         if compare:
             outputs["compare"] = out / f"{stem}_compare.png"
-        try:
-            for output in outputs.values():  # before any work: an output that would replace an input fails the file
-                protected.check(output)
-        except ImageError as exc:
-            report(_failed(path, exc))
-            continue
-        if not overwrite and all(o.exists() for o in outputs.values()):
-            report(FileResult(printable(path), "skipped", [printable(o) for o in outputs.values()]))
-        else:
-            todo.append((path, outputs))
+        return outputs
+
+    todo = _plan(files, outputs_of, overwrite, report)
     # Encoding and writing a batch's outputs (PNG compression, two files each) overlaps inverting the next batch: on
     # small images they cost about a fifth of the inversion. At most two batches wait, to bound memory.
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: deque[Future] = deque()
         for chunk in _batches(todo, batch):
-            loaded = []
-            for path, outputs in chunk:
-                try:
-                    img = load_image(path)
-                    loaded.append((path, outputs, img, image_to_tensor(img, method.resolution)))
-                except Exception as exc:
-                    report(_failed(path, exc))
+            loaded = _load(chunk, method.resolution, report)
             if loaded:
                 inversions = _invert_each(method, torch.cat([x for *_, x in loaded]))
                 for (path, outputs, img, _), inversion in zip(loaded, inversions):
@@ -305,31 +323,15 @@ def blend_files(method, base, pack_name: str, files: list[Path], out: Path,
 
     label = "".join(f"_{name}{s:+g}" for name, _, s in edits)
     total = sum(vector * s for _, vector, s in edits) if edits else None
-    protected = ProtectedPaths(files)
-    todo = []
-    for path, stem in zip(files, output_stems(files)):
+    def outputs_of(stem: str) -> dict[str, Path]:
         outputs = {"image": out / f"{stem}{label}.png", "mask": out / f"{stem}{label}.mask.png",
                    "overlay": out / f"{stem}{label}_overlay.png"}
         if compare:
             outputs["compare"] = out / f"{stem}{label}_compare.png"
-        try:
-            for output in outputs.values():
-                protected.check(output)
-        except ImageError as exc:
-            report(_failed(path, exc))
-            continue
-        if not overwrite and all(o.exists() for o in outputs.values()):
-            report(FileResult(printable(path), "skipped", [printable(o) for o in outputs.values()]))
-        else:
-            todo.append((path, outputs))
-    for chunk in _batches(todo, batch):
-        loaded = []
-        for path, outputs in chunk:
-            try:
-                img = load_image(path)
-                loaded.append((path, outputs, img, image_to_tensor(img, method.resolution)))
-            except Exception as exc:
-                report(_failed(path, exc))
+        return outputs
+
+    for chunk in _batches(_plan(files, outputs_of, overwrite, report), batch):
+        loaded = _load(chunk, method.resolution, report)
         if not loaded:
             continue
         x = torch.cat([t for *_, t in loaded])

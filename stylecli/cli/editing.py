@@ -58,6 +58,9 @@ def _finish(results, json_output: bool, what: str, debug: bool) -> None:
 
 
 DebugOption = typer.Option(False, "--debug", help="Print the traceback of files that fail with an internal error.")
+OverwriteOption = typer.Option(False, "--overwrite", help="Redo files whose outputs already exist.")
+JsonOption = typer.Option(False, "--json", help="Print machine-readable results.")
+BatchOption = typer.Option(8, "--batch", min=1, help="Images per forward pass.")
 
 
 def invert(
@@ -66,9 +69,9 @@ def invert(
     method: str = MethodOption,
     model: str = ModelOption,
     compare: bool = typer.Option(False, "--compare", help="Also write input | reconstruction side by side."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose outputs already exist."),
-    json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
-    batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
+    overwrite: bool = OverwriteOption,
+    json_output: bool = JsonOption,
+    batch: int = BatchOption,
     device: str = DeviceOption,
     debug: bool = DebugOption,
     method_options: dict = None,
@@ -108,8 +111,8 @@ def edit(
     model: str = ModelOption,
     out: Path = typer.Option(Path("edited"), "--out", "-o", help="Output folder."),
     latent: bool = typer.Option(False, "--latent", help="INPUT holds saved .latent.safetensors files: no re-inversion."),
-    json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
-    batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
+    json_output: bool = JsonOption,
+    batch: int = BatchOption,
     device: str = DeviceOption,
     debug: bool = DebugOption,
     method_options: dict = None,
@@ -164,9 +167,9 @@ def blend(
     model: str = ModelOption,
     out: Path = typer.Option(Path("blended"), "--out", "-o", help="Output folder."),
     compare: bool = typer.Option(False, "--compare", help="Also write a strip: input | base | blended | mask."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Redo files whose outputs already exist."),
-    json_output: bool = typer.Option(False, "--json", help="Print machine-readable results."),
-    batch: int = typer.Option(8, "--batch", min=1, help="Images per forward pass."),
+    overwrite: bool = OverwriteOption,
+    json_output: bool = JsonOption,
+    batch: int = BatchOption,
     device: str = DeviceOption,
     debug: bool = DebugOption,
     method_options: dict = None,
