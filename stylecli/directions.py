@@ -60,13 +60,19 @@ class Direction:
 # --- storage in a pack ---------------------------------------------------------------------------------------------
 
 def load_directions(pack: Pack) -> dict[str, Direction]:
-    path = pack.root / FILE
-    if not path.is_file():
+    """The pack's directions ({} when it has none). The file is checked like every pack file (listed, size, sha256);
+    a damaged one is a DirectionError in one line."""
+    if not (pack.root / FILE).is_file():
         return {}
-    with safe_open(str(path), framework="pt") as fh:
-        meta = json.loads((fh.metadata() or {}).get("directions", "{}"))
-        return {name: Direction(name, fh.get_tensor(name), meta.get(name, {}).get("kind", "import"),
-                                meta.get(name, {}).get("info", {})) for name in fh.keys()}
+    try:
+        path = pack.file_path(FILE)
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("directions", "{}"))
+            return {name: Direction(name, fh.get_tensor(name), meta.get(name, {}).get("kind", "import"),
+                                    meta.get(name, {}).get("info", {})) for name in fh.keys()}
+    except Exception as exc:  # PackError, safetensors' errors, bad JSON: the file cannot serve
+        reason = " ".join(str(exc).split())
+        raise DirectionError(f"pack {pack.name!r}: its {FILE} cannot be read ({reason})") from None
 
 
 def get_direction(pack: Pack, name: str) -> Direction:

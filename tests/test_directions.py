@@ -219,3 +219,22 @@ def test_import_refuses_code_and_wrong_shapes(tmp_path, capsys):
         import_directions(tmp_path / "rows.npy", NUM_WS, W_DIM)
     with pytest.raises(DirectionError, match="no such file"):
         import_directions(tmp_path / "missing.npy", NUM_WS, W_DIM)
+
+
+def test_a_damaged_directions_file_is_one_line(tmp_path):
+    """The directions file is checked like every pack file: a flipped byte is a DirectionError, not a traceback."""
+    import shutil
+    from pathlib import Path
+
+    from stylecli.directions import DirectionError, load_directions
+    from stylecli.packs import Pack
+
+    shipped = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
+    copy = tmp_path / "pack"
+    shutil.copytree(shipped, copy)
+    assert "smile" in load_directions(Pack.open(copy))
+    data = bytearray((copy / "directions.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (copy / "directions.safetensors").write_bytes(bytes(data))
+    with pytest.raises(DirectionError, match="directions.safetensors cannot be read .*sha256"):
+        load_directions(Pack.open(copy))
