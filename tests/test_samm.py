@@ -236,3 +236,16 @@ def test_samm_at_1024_on_a_real_face_pack(tmp_path):
         inversion = method.invert(torch.rand(1, 3, 1024, 1024) * 2 - 1)
     assert inversion.image.shape == (1, 3, 1024, 1024) and inversion.extras["mask"].shape == (1, 1, 1024, 1024)
     print(f"SAMM at 1024 px, batch 1, CPU: peak RSS {train_peak:.2f} GB after a training step")
+
+
+@pytest.mark.slow
+def test_two_processes_train_samm_under_torchrun(tmp_path):
+    """torchrun, gloo on the CPU: two ranks train in step (averaged gradients), rank 0 writes the run."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "stylecli",
+           "train", "samm", "--model", str(SHIPPED), "--steps", "2", "--batch", "2", "--workers", "0",
+           "--run-dir", str(tmp_path / "run"), "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 2 and state["source_position"] == 2  # each rank drew batch / 2 = 1 image per step
