@@ -27,8 +27,8 @@ def encode(encoder, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
     size = encoder.cfg.input_size
     x_in = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
     features: dict = {}
-    codes = encoder(x_in, features)
-    return codes, features
+    codes = encoder(x_in.contiguous(memory_format=torch.channels_last), features)
+    return codes.contiguous(), {r: f.contiguous() for r, f in features.items()}
 
 
 def scale_features(net: SAMM, features: dict) -> list[torch.Tensor]:
@@ -55,7 +55,8 @@ class SAMMMethod(Method):
     def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.G = pack.generator(device)
-        self.E = pack.load(BASE, device)
+        # Channels-last takes the encoder's small convolutions to oneDNN at batch 1, as in e4e (stylecli.methods.e4e).
+        self.E = pack.load(BASE, device).to(memory_format=torch.channels_last)
         self.net = pack.load(NETWORK, device)
         self.resolution = self.G.img_resolution
 
