@@ -143,15 +143,20 @@ def _plan(files: list[Path], outputs_of: Callable[[str], dict[str, Path]], overw
     """(file, its outputs) for the files to do: a file whose outputs would replace an input fails at once, a file
     whose outputs all exist is skipped unless `overwrite`; both are reported."""
     protected = ProtectedPaths(files)
+    claimed: dict[Path, Path] = {}  # output -> the input that writes it
     todo = []
     for path, stem in zip(files, output_stems(files)):
         outputs = outputs_of(stem)
         try:
             for output in outputs.values():  # before any work: an output that would replace an input fails the file
                 protected.check(output)
+                if output in claimed:  # e.g. a.png's a.mask.png and an input named a.mask.png
+                    raise ImageError(f"{printable(path)}: its output {printable(output)} is also the output of "
+                                     f"{printable(claimed[output])}; rename one of them")
         except ImageError as exc:
             report(_failed(path, exc))
             continue
+        claimed.update((output, path) for output in outputs.values())
         if not overwrite and all(o.exists() for o in outputs.values()):
             report(FileResult(printable(path), "skipped", [printable(o) for o in outputs.values()]))
         else:

@@ -103,12 +103,46 @@ def test_mask_loss_terms():
     assert mask_loss(m, 0.3, 0.04) == 0
 
 
-def test_scales():
-    assert default_scales(64) == [8, 16, 32, 64] and default_scales(1024) == [32, 64, 128, 256]
-    assert parse_scales("16,8,32", 64) == [8, 16, 32]
+def test_scales_follow_the_encoders_features():
+    from dataclasses import asdict
+
+    from stylecli.methods.e4e.encoder import Encoder4Editing, EncoderConfig
+
+    sizes = lambda resolution: Encoder4Editing(**asdict(EncoderConfig.for_generator(resolution, 16, 8))
+                                               ).feature_channels()
+    assert default_scales(64, sizes(64)) == [8, 16, 32, 64]
+    assert default_scales(1024, sizes(1024)) == [32, 64, 128, 256]
+    assert default_scales(32, sizes(32)) == [8, 16, 32]              # no 4 px block has an upsampling conv
+    assert default_scales(128, sizes(128)) == [16, 32, 64, 128]
+    assert default_scales(512, sizes(512)) == [32, 64, 128, 256]     # the encoder sees at most 256 px
+    assert parse_scales("16,8,32", 64, sizes(64)) == [8, 16, 32]
     for bad in ("12", "4,8", "128", "x"):
         with pytest.raises(ValueError):
-            parse_scales(bad, 64)
+            parse_scales(bad, 64, sizes(64))
+
+
+def test_the_blur_keeps_full_alpha_at_the_borders():
+    """Zero padding (the official code's) fades a full alpha to half on the top row of an 8 px map; new runs pad
+    with the border values, so an occluder at the edge of the picture can be blended back whole."""
+    from stylecli.methods.samm.model import AlignNet
+
+    for padding, top_row in (("zero", 0.5), ("replicate", 1.0)):
+        net = AlignNet(4, 8, 0.08, alpha_bias=30.0, blur_padding=padding)  # alpha = 1 everywhere before the blur
+        with torch.no_grad():
+            alpha = net(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8))[0, 2]
+        assert alpha[0, 3] == pytest.approx(top_row) and alpha[4, 4] == pytest.approx(1.0)
+
+
+def test_the_kept_source_is_exact_8_bit_and_checked():
+    from stylecli.latents import LatentError
+    from stylecli.methods.samm.method import from_source, to_source
+
+    x = torch.randint(0, 256, (2, 3, 8, 8)).float() / 127.5 - 1
+    kept = to_source(x)
+    assert kept.dtype == torch.uint8 and torch.allclose(from_source(kept, 8), x, atol=1e-6)
+    for bad, message in ((None, "no source image"), (kept.float(), "expected uint8"), (kept[:, :1], "expected uint8")):
+        with pytest.raises(LatentError, match=message):
+            from_source(bad, 8)
 
 
 def _config(tmp_path, **kw):
@@ -135,11 +169,33 @@ def test_training_moves_only_the_taps_and_blocks_and_resumes_exactly(tmp_path, p
 
     first = SAMMTrainer(_config(tmp_path / "b", steps=2))
     first.run()
+    with pytest.raises(ValueError, match=r"changed: --batch 4 \(the run has 2\)"):
+        SAMMTrainer(_config(tmp_path / "b", steps=3, batch=4), resume=True)
     resumed = SAMMTrainer(_config(tmp_path / "b", steps=3), resume=True)
     assert resumed.step == 2
     resumed.run()
     for key, value in straight.ema.state_dict().items():
         torch.testing.assert_close(resumed.ema.state_dict()[key], value, msg=key)
+
+
+def test_bad_training_setups_are_one_line_errors(tmp_path, pack):
+    from stylecli.methods.samm.train import SAMMTrainer
+    from stylecli.packs import write_pack
+
+    with pytest.raises(ValueError, match="must divide by the discriminator's minibatch-stddev group"):
+        SAMMTrainer(_config(tmp_path / "a", batch=6))
+    # --init from a pack: a trainable copy (packs hand out frozen networks)
+    SAMMTrainer(_config(tmp_path / "run", steps=1)).run()
+    from stylecli.methods.samm.train import samm_from_run
+    networks, record = samm_from_run(tmp_path / "run")
+    write_pack(tmp_path / "with-samm", "with-samm", {"generator": pack.generator(), **networks}, 64, record)
+    trainer = SAMMTrainer(_config(tmp_path / "b", steps=1, init=str(tmp_path / "with-samm")))
+    assert all(p.requires_grad for p in trainer.net.parameters())
+    trainer.run()
+    wrong = SAMM([8, 16], [64, 64], [128, 64])
+    write_pack(tmp_path / "wrong", "wrong", {"generator": pack.generator(), "samm": wrong}, 64, {"how": "test"})
+    with pytest.raises(ValueError, match="trained for another generator or encoder"):
+        SAMMTrainer(_config(tmp_path / "c", init=str(tmp_path / "wrong")))
 
 
 def test_train_export_invert_edit_and_blend_from_the_command_line(tmp_path):
@@ -169,6 +225,18 @@ def test_train_export_invert_edit_and_blend_from_the_command_line(tmp_path):
     out = cli("invert", str(faces), "--method", "samm", "--model", str(pack_dir), "-o", str(tmp_path / "inv"))
     assert out.returncode == 0, out.stderr
     mask = Image.open(tmp_path / "inv" / "face0.mask.png")
+    # Inverting that folder again: face0.mask.png as an input would write face0.mask.png, which face0.png's
+    # mask claims: the second file fails alone, nothing is overwritten twice.
+    shutil.copy(tmp_path / "inv" / "face0.mask.png", faces / "face0.mask.png")
+    again = cli("invert", str(faces), "--method", "samm", "--model", str(pack_dir), "-o", str(tmp_path / "inv2"))
+    assert again.returncode == 1 and "is also the output of" in again.stderr, again.stderr
+    (faces / "face0.mask.png").unlink()
+    other = tmp_path / "other"
+    shutil.copytree(SHIPPED, other)
+    manifest = json.loads((other / "manifest.json").read_text())
+    (other / "manifest.json").write_text(json.dumps({**manifest, "name": "other"}))
+    refused = cli("weights", "from-runs", str(other), str(tmp_path / "run"))
+    assert refused.returncode == 2 and "trained against pack 'synthface-64', not 'other'" in refused.stderr
     assert mask.mode == "L" and mask.size == (64, 64)
     out = cli("edit", str(tmp_path / "inv"), "--latent", "--method", "samm", "--model", str(pack_dir),
               "-d", "smile", "-s", "2", "-o", str(tmp_path / "edit"))

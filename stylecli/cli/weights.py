@@ -169,7 +169,8 @@ def add_loss_nets_command(
 def from_runs_command(
     dst: Path = typer.Argument(..., help="Pack folder to write or update."),
     runs: list[Path] = typer.Argument(..., help="Run folders of `stylecli train TARGET` (each knows its target)."),
-    name: Optional[str] = typer.Option(None, "--name", help="Pack name (default: the folder name)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Pack name (default: the pack's own, or the folder name "
+                                       "for a new pack)."),
     fp16: bool = typer.Option(True, "--fp16/--fp32", help="Store weights as float16."),
 ):
     """Add the networks of finished training runs to a pack, each with its training record.
@@ -178,8 +179,8 @@ def from_runs_command(
     """
     import torch
 
-    from ..packs import write_pack
-    from ..train.targets import target_of_run
+    from ..packs import Pack, write_pack
+    from ..train.targets import target_of_run, target_of_run_pack
 
     dtype = torch.float16 if fp16 else torch.float32
     exported = []
@@ -189,10 +190,15 @@ def from_runs_command(
             exported.append((run, *target.export_run(run)))
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
+    existing = Pack.open(dst) if (dst / "manifest.json").is_file() else None  # a broken manifest: one line
     for run, networks, record in exported:
+        trained_on = target_of_run_pack(run)
+        if existing is not None and trained_on is not None and trained_on != existing.name:
+            raise UsageError(f"{escape(str(run))} trained against pack {trained_on!r}, not {existing.name!r}: its "
+                             "networks fit that pack's generator")
         resolution = next(iter(networks.values())).config.get("img_resolution")
         if resolution is None:  # networks of methods take the resolution the pack already has
-            manifest = dst / "manifest.json"
-            resolution = json.loads(manifest.read_text())["resolution"] if manifest.is_file() else 64
-        write_pack(dst, name or dst.name, networks, resolution, record, dtype=dtype)
+            resolution = existing.manifest["resolution"] if existing is not None else 64
+        write_pack(dst, name or (existing.name if existing is not None else dst.name), networks, resolution, record,
+                   dtype=dtype)
         console.print(f"{escape(str(dst))}: wrote {', '.join(networks)} from {escape(str(run))}")

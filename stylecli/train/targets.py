@@ -83,3 +83,13 @@ def target_of_run(run_dir) -> TrainingSpec:
     if name not in targets:
         raise ValueError(f"{run_dir}: a run of {name!r}, which this build cannot export")
     return targets[name]
+
+
+def target_of_run_pack(run_dir) -> str | None:
+    """The name of the pack a method's run trained against (None for runs that make packs: the generator's)."""
+    from pathlib import Path
+
+    from .checkpoint import load_checkpoint
+
+    state = load_checkpoint(Path(run_dir)) or {}
+    return state.get("pack")

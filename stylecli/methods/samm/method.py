@@ -49,6 +49,25 @@ def samm_pass(G, net: SAMM, x: torch.Tensor, codes: torch.Tensor, features: list
     return Pass(image=mask * x + (1 - mask) * generated, generated=generated, mask=mask, alphas=alphas)
 
 
+def to_source(x: torch.Tensor) -> torch.Tensor:
+    """The input kept for later edits ([N, 3, R, R] in [-1, 1]) as 8-bit pixels: exact for 8-bit inputs, a quarter
+    of float32's size in a latent file."""
+    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def from_source(source: torch.Tensor | None, resolution: int) -> torch.Tensor:
+    """The kept input back in [-1, 1]; a LatentError (one line) when it is missing or not [N, 3, R, R] 8-bit."""
+    from ...latents import LatentError
+
+    if source is None:
+        raise LatentError("no source image (extra.source), which a samm edit blends; invert the image again with "
+                          "--method samm")
+    if source.dtype != torch.uint8 or source.ndim != 4 or tuple(source.shape[1:]) != (3, resolution, resolution):
+        raise LatentError(f"extra.source is {source.dtype} {list(source.shape)}, expected uint8 "
+                          f"[N, 3, {resolution}, {resolution}]")
+    return source.float() / 127.5 - 1
+
+
 class SAMMMethod(Method):
     name = "samm"
 
@@ -76,19 +95,14 @@ class SAMMMethod(Method):
         result = samm_pass(self.G, self.net, x, codes, scale_features(self.net, features))
         back = lambda t: t.to(images.device)
         return Inversion(latents={"w_plus": back(codes)}, image=back(result.image),
-                         extras={"mask": back(result.mask), "source": back(x)})
+                         extras={"mask": back(result.mask), "source": back(to_source(x))})
 
     @torch.no_grad()
     def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
         """The edited code synthesised with the blocks aligning to the source's features; the mask is recomputed on
         this pass, so what lies out of the domain (an occluder) stays where it was while the face changes."""
-        from ...latents import LatentError
-
-        if "source" not in inversion.extras:
-            raise LatentError("this inversion holds no source image (extra.source), which a samm edit blends; invert "
-                              "the image again with --method samm")
         codes = inversion.latents["w_plus"]
-        x = inversion.extras["source"].to(self.device, torch.float32)
+        x = from_source(inversion.extras.get("source"), self.resolution).to(self.device)
         taps = scale_features(self.net, encode(self.E, x)[1])
         w = codes.to(self.device) + strength * direction.to(self.device, codes.dtype)
         result = samm_pass(self.G, self.net, x, w, taps)

@@ -55,9 +55,12 @@ class AlignNet(nn.Module):
                  channels: int,          # channels of g and f
                  hidden: int,            # width of the first bottleneck (the paper's 2 * channels at 1024 px)
                  max_flow: float,        # bound of each flow step, in normalised grid units ([-1, 1] spans the map)
-                 alpha_bias: float):     # initial alpha logit: training starts from a small mask
+                 alpha_bias: float,      # initial alpha logit: training starts from a small mask
+                 blur_padding: str = "zero"):  # "zero" (the official code's; fades flow and alpha at the borders:
+                                               # at 8 px the top row reaches half) or "replicate"
         super().__init__()
-        self.max_flow = max_flow
+        assert blur_padding in ("zero", "replicate"), blur_padding
+        self.max_flow, self.blur_padding = max_flow, blur_padding
         self.norm = nn.InstanceNorm2d(channels)
         self.body = nn.Sequential(Bottleneck(2 * channels, hidden), Bottleneck(hidden, hidden))
         self.head = nn.Conv2d(hidden, 3, 1)
@@ -73,7 +76,10 @@ class AlignNet(nn.Module):
         g = self.norm(g)
         out = self.head(self.body(torch.cat([g - f_normed, f_normed], dim=1)))
         out = torch.cat([torch.tanh(out[:, :2]) * self.max_flow, torch.sigmoid(out[:, 2:])], dim=1)
-        return upfirdn2d.filter2d(out, self.blur)
+        if self.blur_padding == "zero":
+            return upfirdn2d.filter2d(out, self.blur)
+        # [1, 3, 3, 1] is 4 taps: filter2d's centring pads 2 before and 1 after; here with the border values.
+        return upfirdn2d.upfirdn2d(F.pad(out, [2, 1, 2, 1], mode="replicate"), self.blur)
 
 
 def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
@@ -89,10 +95,11 @@ def warp(x: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
 class SAMMBlock(nn.Module):
     """One scale: N alignment cycles on the generator feature g against the encoder feature f."""
 
-    def __init__(self, channels: int, hidden: int, cycles: int = 2, max_flow: float = 0.08, alpha_bias: float = -2.0):
+    def __init__(self, channels: int, hidden: int, cycles: int = 2, max_flow: float = 0.08, alpha_bias: float = -2.0,
+                 blur_padding: str = "zero"):
         super().__init__()
         self.cycles, self.max_flow = cycles, max_flow
-        self.align = AlignNet(channels, hidden, max_flow, alpha_bias)
+        self.align = AlignNet(channels, hidden, max_flow, alpha_bias, blur_padding)
 
     def forward(self, g: torch.Tensor, f: torch.Tensor, coarser_alpha: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -124,14 +131,16 @@ class SAMM(nn.Module):
                  hidden_max: int = 64,     # cap on an AlignNet's width (2 * channels below the cap)
                  cycles: int = 2,          # refinement cycles N (the paper's default: 2)
                  max_flow: float = 0.08,   # flow bound in grid units
-                 alpha_bias: float = -2.0):  # initial alpha logit
+                 alpha_bias: float = -2.0,  # initial alpha logit
+                 blur_padding: str = "zero"):  # how the flow and alpha blur pads (AlignNet)
         super().__init__()
         assert len(scales) == len(gen_channels) == len(enc_channels) and list(scales) == sorted(scales)
         self.config = dict(scales=list(scales), gen_channels=list(gen_channels), enc_channels=list(enc_channels),
-                           hidden_max=hidden_max, cycles=cycles, max_flow=max_flow, alpha_bias=alpha_bias)
+                           hidden_max=hidden_max, cycles=cycles, max_flow=max_flow, alpha_bias=alpha_bias,
+                           blur_padding=blur_padding)
         self.scales = list(scales)
         self.taps = nn.ModuleList(nn.Conv2d(e, g, 1) for e, g in zip(enc_channels, gen_channels))
-        self.blocks = nn.ModuleList(SAMMBlock(g, min(2 * g, hidden_max), cycles, max_flow, alpha_bias)
+        self.blocks = nn.ModuleList(SAMMBlock(g, min(2 * g, hidden_max), cycles, max_flow, alpha_bias, blur_padding)
                                     for g in gen_channels)
 
     def layer_names(self) -> list[str]:

@@ -35,37 +35,44 @@ from .spec import SAMMTrainingConfig
 PAPER_SCALES = (32, 64, 128, 256)   # the official blocks at 1024 px
 
 
-def default_scales(resolution: int) -> list[int]:
-    """8..64 at 64 px (every block whose feature the encoder taps; chosen by measurement, TRAINING.md), the paper's
-    32..256 at 1024 px, and the four finest blocks up to a quarter of the output elsewhere."""
+def default_scales(resolution: int, feature_sizes) -> list[int]:
+    """The paper's 32..256 at 1024 px; elsewhere the four finest generator resolutions (8 px or more) at which the
+    encoder has a feature (at 64 px: 8, 16, 32, 64, every tapped block; chosen by measurement, TRAINING.md)."""
     if resolution == 1024:
         return list(PAPER_SCALES)
-    top = resolution if resolution <= 64 else resolution // 4
-    return [top // 8, top // 4, top // 2, top]
+    return sorted(r for r in feature_sizes if 8 <= r <= resolution)[-4:]
 
 
-def parse_scales(text: str, resolution: int) -> list[int]:
+def parse_scales(text: str, resolution: int, feature_sizes) -> list[int]:
+    """--scales: 'auto' or comma-separated resolutions, each a power of two from 8 to the resolution at which the
+    encoder has a feature."""
     if text == "auto":
-        return default_scales(resolution)
+        return default_scales(resolution, feature_sizes)
     try:
         scales = sorted({int(v) for v in text.split(",")})
     except ValueError:
         raise ValueError(f"--scales {text!r}: expected resolutions like 8,16,32,64 or 'auto'") from None
-    bad = [r for r in scales if r < 8 or r > resolution or r & (r - 1)]
+    bad = [r for r in scales if r < 8 or r > resolution or r & (r - 1) or r not in feature_sizes]
     if bad or not scales:
-        raise ValueError(f"--scales {text!r}: each must be a power of two from 8 to {resolution}")
+        raise ValueError(f"--scales {text!r}: each must be a power of two from 8 to {resolution} at which the encoder "
+                         f"has a feature ({', '.join(str(r) for r in sorted(feature_sizes))})")
     return scales
 
 
-def build_samm(G, encoder, scales: list[int], cfg: SAMMTrainingConfig) -> SAMM:
-    """A fresh SAMM for this generator and encoder at `scales`."""
+def samm_shapes(G, encoder, scales: list[int]) -> tuple[list[int], list[int]]:
+    """(generator channels, encoder channels) at `scales` for this generator and encoder."""
     enc = encoder.feature_channels()
     missing = [r for r in scales if r not in enc]
     if missing:
         raise ValueError(f"scales {missing}: the encoder has features at {sorted(enc)} only")
-    gen = [G.synthesis.feature_shape(f"b{r}.conv0")[0] for r in scales]
-    return SAMM(scales, gen, [enc[r] for r in scales], hidden_max=cfg.hidden_max, cycles=cfg.cycles,
-                max_flow=cfg.max_flow)
+    return [G.synthesis.feature_shape(f"b{r}.conv0")[0] for r in scales], [enc[r] for r in scales]
+
+
+def build_samm(G, encoder, scales: list[int], cfg: SAMMTrainingConfig) -> SAMM:
+    """A fresh SAMM for this generator and encoder at `scales`."""
+    gen, enc = samm_shapes(G, encoder, scales)
+    return SAMM(scales, gen, enc, hidden_max=cfg.hidden_max, cycles=cfg.cycles, max_flow=cfg.max_flow,
+                blur_padding="replicate")
 
 
 def mask_loss(mask: torch.Tensor, cap: float, binary_weight: float) -> torch.Tensor:
@@ -98,14 +105,28 @@ class SAMMTrainer(StepTrainer):
             raise ValueError(f"pack {pack.name!r}: its perceptual network exposes no features for the style term")
         state = load_checkpoint(self.run_dir) if resume else None
         if state is not None:
+            _check_resume(self.run_dir, state["config"], asdict(cfg))
             self.net = SAMM(**state["samm_config"])
         elif cfg.init is not None:
             self.net = _trained_samm(cfg.init)
+            if samm_shapes(self.G, self.E, self.net.scales) != (self.net.config["gen_channels"],
+                                                                  self.net.config["enc_channels"]):
+                raise ValueError(f"--init {cfg.init}: its SAMM was trained for another generator or encoder (scales "
+                                 f"{self.net.scales}, channels {self.net.config['gen_channels']})")
         else:
-            self.net = build_samm(self.G, self.E, parse_scales(cfg.scales, self.G.img_resolution), cfg)
-        self.net.to(dev).train()
+            scales = parse_scales(cfg.scales, self.G.img_resolution, self.E.feature_channels())
+            self.net = build_samm(self.G, self.E, scales, cfg)
+        self.net.to(dev).train().requires_grad_(True)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.D = pack.load("discriminator", dev).train().requires_grad_(False)
+        group = min(self.D.b4.mbstd.group_size, self.batch_per_rank)
+        if self.batch_per_rank % group:
+            raise ValueError(f"--batch {cfg.batch}: each process's batch ({self.batch_per_rank}) must divide by the "
+                             f"discriminator's minibatch-stddev group ({group}); use a multiple of {group}")
+        # The progressive schedule is fixed when a run starts (a resumed run with other --steps keeps it).
+        self.schedule = (state or {}).get("schedule") or (
+            cfg.progressive_start if cfg.progressive_start is not None else int(cfg.steps * 0.1),
+            cfg.progressive_step if cfg.progressive_step is not None else int(cfg.steps * 0.2))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
         scenes = {"ood": cfg.ood_share, "geometric": cfg.geometric_share} if cfg.data == "synth" else None
@@ -134,16 +155,16 @@ class SAMMTrainer(StepTrainer):
             "net": self.net.state_dict(), "ema": self.ema.state_dict(), "D": self.D.state_dict(),
             "opt": self.opt.state_dict(), "opt_D": self.opt_D.state_dict(), "step": self.step,
             "elapsed": self.elapsed, "torch_rng": torch.get_rng_state(), "source_position": self.source.position,
-            "config": asdict(self.cfg), "samm_config": self.net.config, "pack": self.pack_name, "target": "samm"})
+            "config": asdict(self.cfg), "samm_config": self.net.config, "pack": self.pack_name, "target": "samm",
+            "schedule": list(self.schedule), "active_scales": self.active_scales()})
 
     def log_extras(self) -> dict:
         return {"skipped_images": self.source.skipped}
 
     def active_scales(self) -> int:
         """How many scales (coarse first) align and mask at this step: the progressive mask resolution."""
-        cfg, total = self.cfg, len(self.net.scales)
-        start = cfg.progressive_start if cfg.progressive_start is not None else int(cfg.steps * 0.1)
-        every = cfg.progressive_step if cfg.progressive_step is not None else int(cfg.steps * 0.2)
+        total = len(self.net.scales)
+        start, every = self.schedule
         if self.step < start:
             return 1
         return min(total, 2 + (self.step - start) // max(every, 1))
@@ -187,8 +208,8 @@ class SAMMTrainer(StepTrainer):
         return {**{k: float(all_mean(v.detach(), self.ctx)) for k, v in stats.items()}, "active_scales": active}
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
-        """Non-saturating logistic loss on the training images against this step's blended outputs (R1 when
-        r1_gamma > 0); D's own Adam. Returns the loss."""
+        """Non-saturating logistic loss on the training images against this step's generated (aligned) images (R1
+        when r1_gamma > 0); D's own Adam. Returns the loss."""
         cfg = self.cfg
         self.D.requires_grad_(True)
         loss = F.softplus(-self.D(real)).mean() + F.softplus(self.D(fake)).mean()
@@ -204,11 +225,25 @@ class SAMMTrainer(StepTrainer):
         return loss.detach()
 
 
+# Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
+_FIXED_ON_RESUME = ("model", "data", "ood_share", "geometric_share", "batch", "scales", "lr", "seed")
+
+
+def _check_resume(run_dir: Path, saved: dict, now: dict) -> None:
+    changed = [f"--{k.replace('_', '-')} {now[k]} (the run has {saved.get(k)})" for k in _FIXED_ON_RESUME
+               if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError(f"{run_dir}: --resume continues a run with its own settings; changed: {'; '.join(changed)}")
+
+
 def _trained_samm(source: str) -> SAMM:
-    """The SAMM of a run folder (its EMA) or a pack."""
+    """A trainable copy of the SAMM of a run folder (its EMA) or a pack."""
     if (Path(source) / "checkpoint.pt").is_file():
         return samm_from_run(Path(source))[0][NETWORK]
-    return Pack.open(source).load(NETWORK)
+    loaded = Pack.open(source).load(NETWORK)  # frozen and in eval mode, as packs hand out networks
+    net = SAMM(**loaded.config)
+    net.load_state_dict(loaded.state_dict())
+    return net
 
 
 def samm_from_run(run_dir: Path) -> tuple[dict, dict]:
@@ -216,4 +251,6 @@ def samm_from_run(run_dir: Path) -> tuple[dict, dict]:
     state = load_run(run_dir)
     net = SAMM(**state["samm_config"])
     net.load_state_dict(state["ema"])
-    return {NETWORK: net}, step_run_record(run_dir, state, "stylecli train samm")
+    record = step_run_record(run_dir, state, "stylecli train samm")
+    record["scales_trained"] = net.scales[:state.get("active_scales", len(net.scales))]  # finer ones untrained
+    return {NETWORK: net}, record
