@@ -63,7 +63,7 @@ def test_method_conforms_to_the_contract(name, pack, tmp_path):
     G = pack.generator()
     R = method.resolution
     assert R == G.img_resolution and method.device == torch.device("cpu")
-    images = torch.rand(2, 3, R, R) * 2 - 1
+    images = torch.randint(0, 256, (2, 3, R, R)) / 127.5 - 1  # as read from 8-bit files
     inversion = method.invert(images)
     w = inversion.latents["w_plus"]
     assert w.shape == (2, G.num_ws, G.w_dim) and torch.isfinite(w).all()
