@@ -28,7 +28,7 @@ def pack():
 
 def test_the_pack_is_sound_and_complete(pack):
     assert pack.verify() == []
-    assert {"generator", "discriminator", "domainnet", "e4e_encoder"} <= set(pack.networks)
+    assert {"generator", "discriminator", "domainnet", "e4e_encoder", "samm"} <= set(pack.networks)
     for name in pack.networks:
         assert name in pack.manifest["provenance"], f"{name} has no training record"
     from stylecli.directions import load_directions
@@ -81,8 +81,6 @@ def test_the_shipped_samm_keeps_what_the_generator_cannot_make():
     from stylecli.methods import METHODS
 
     pack = Pack.open(str(REPO / "weights" / "synthface-64"))
-    if not pack.has("samm"):
-        pytest.skip("this pack ships no samm networks")  # a pack built without them; the shipped one has them
     samples = [make_sample("ood", i) for i in range(12)]
     x = torch.cat([image_to_tensor(s.image) for s in samples])
     truth = torch.stack([torch.from_numpy(np.array(s.mask, dtype=np.float32) / 255)[None] for s in samples]) > 0.5
