@@ -50,6 +50,8 @@ def test_e4e_resume_is_exact(tmp_path, pack):
     straight = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "a"), steps=4, **base))
     straight.run()
     E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), steps=2, **base)).run()
+    with pytest.raises(ValueError, match=r"changed: --seed 5 \(the run has 0\)"):  # a resume keeps the run's settings
+        E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), steps=4, seed=5, **base), resume=True)
     resumed = E4ETrainer(E4ETrainingConfig(run_dir=str(tmp_path / "b"), steps=4, **base), resume=True)
     resumed.run()
     for key, value in straight.E.state_dict().items():

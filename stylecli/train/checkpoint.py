@@ -48,6 +48,15 @@ def set_rng_state(rng: np.random.Generator, text: str) -> None:
     rng.bit_generator.state = ast.literal_eval(text)
 
 
+def check_resume(run_dir: Path, saved: dict, now: dict, fixed: tuple[str, ...]) -> None:
+    """A resumed run continues with the settings it was started with: ValueError (one line) naming each of `fixed`
+    that the new command changes (others, e.g. the number of steps, may change)."""
+    changed = [f"--{k.replace('_', '-')} {now[k]} (the run has {saved.get(k)})" for k in fixed
+               if k in saved and saved[k] != now[k]]
+    if changed:
+        raise ValueError(f"{run_dir}: --resume continues a run with its own settings; changed: {'; '.join(changed)}")
+
+
 def load_checkpoint(run_dir: Path) -> dict | None:
     path = run_dir / CHECKPOINT
     if not path.is_file():

@@ -29,7 +29,7 @@ from torch import nn
 from ...data.loader import ImageSource
 from ...losses import LossNetworks
 from ...packs import Pack
-from ...train.checkpoint import MetricsLog, StepTrainer, load_checkpoint, save_checkpoint
+from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
 from ...train.distributed import all_mean, average_gradients, broadcast_module, init_distributed
 from ...train.export import load_run, step_run_record
 from ...train.optim import Ranger
@@ -126,6 +126,7 @@ class E4ETrainer(StepTrainer):
         self.losses = LossNetworks.from_pack(pack, dev)
         state = load_checkpoint(self.run_dir) if resume else None
         if state is not None:  # the encoder as the run built it (from --init or the defaults)
+            check_resume(self.run_dir, state["config"], asdict(cfg), _FIXED_ON_RESUME)
             self.E = Encoder4Editing(**state["encoder_config"])
         elif cfg.init is not None:
             start = _trained_encoder(cfg.init)
@@ -263,6 +264,10 @@ class E4ETrainer(StepTrainer):
             self.opt_D.step()
         self.D.requires_grad_(False)  # the encoder's adversarial term reaches the encoder only
         return loss.detach()
+
+
+# Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
+_FIXED_ON_RESUME = ("model", "data", "batch", "lr", "seed", "encoder")  # --init is the checkpoint's on resume
 
 
 def _stream_seed(seed: int, rank: int, step: int) -> int:

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from ...data.loader import ImageSource
 from ...losses import LossNetworks, style_distance
 from ...packs import Pack
-from ...train.checkpoint import MetricsLog, StepTrainer, load_checkpoint, save_checkpoint
+from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
 from ...train.distributed import all_mean, average_gradients, broadcast_module, init_distributed
 from ...train.export import load_run, step_run_record
 from . import BASE, NETWORK
@@ -105,7 +105,7 @@ class SAMMTrainer(StepTrainer):
             raise ValueError(f"pack {pack.name!r}: its perceptual network exposes no features for the style term")
         state = load_checkpoint(self.run_dir) if resume else None
         if state is not None:
-            _check_resume(self.run_dir, state["config"], asdict(cfg))
+            check_resume(self.run_dir, state["config"], asdict(cfg), _FIXED_ON_RESUME)
             self.net = SAMM(**state["samm_config"])
         elif cfg.init is not None:
             self.net = _trained_samm(cfg.init)
@@ -227,13 +227,6 @@ class SAMMTrainer(StepTrainer):
 
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
 _FIXED_ON_RESUME = ("model", "data", "ood_share", "geometric_share", "batch", "scales", "lr", "seed")
-
-
-def _check_resume(run_dir: Path, saved: dict, now: dict) -> None:
-    changed = [f"--{k.replace('_', '-')} {now[k]} (the run has {saved.get(k)})" for k in _FIXED_ON_RESUME
-               if k in saved and saved[k] != now[k]]
-    if changed:
-        raise ValueError(f"{run_dir}: --resume continues a run with its own settings; changed: {'; '.join(changed)}")
 
 
 def _trained_samm(source: str) -> SAMM:
