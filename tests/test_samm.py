@@ -85,7 +85,7 @@ def test_blocks_sit_in_the_first_conv_of_their_blocks_and_a_closed_mask_is_e4e(p
         for block in net.blocks:
             block.align.head.bias[2] = -30.0  # alpha = 0: no warp, no mask
         x = torch.rand(2, 3, 64, 64) * 2 - 1
-        codes, features = encode(E, x)
+        codes, features = encode(E, x, with_features=True)
         result = samm_pass(G, net, x, codes, scale_features(net, features))
         e4e = G.synthesis(E(x), noise_mode="const")
     assert result.mask.shape == (2, 1, 64, 64) and result.mask.max() < 1e-6

@@ -180,19 +180,18 @@ def from_runs_command(
     import torch
 
     from ..packs import Pack, write_pack
-    from ..train.targets import target_of_run, target_of_run_pack
+    from ..train.targets import target_of_run
 
     dtype = torch.float16 if fp16 else torch.float32
     exported = []
     for run in runs:  # every run is read before the pack is touched: a bad folder changes nothing
         try:
-            target = target_of_run(run)
-            exported.append((run, *target.export_run(run)))
+            target, trained_on = target_of_run(run)
+            exported.append((run, trained_on, *target.export_run(run)))
         except (FileNotFoundError, ValueError) as exc:
             raise UsageError(str(exc)) from None
     existing = Pack.open(dst) if (dst / "manifest.json").is_file() else None  # a broken manifest: one line
-    for run, networks, record in exported:
-        trained_on = target_of_run_pack(run)
+    for run, trained_on, networks, record in exported:
         if existing is not None and trained_on is not None and trained_on != existing.name:
             raise UsageError(f"{escape(str(run))} trained against pack {trained_on!r}, not {existing.name!r}: its "
                              "networks fit that pack's generator")

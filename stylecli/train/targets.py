@@ -69,8 +69,9 @@ def training_targets() -> dict[str, TrainingSpec]:
 _LEGACY_KEYS = (("G_ema", "generator"), ("encoder_config", "e4e"), ("net", "domainnet"))
 
 
-def target_of_run(run_dir) -> TrainingSpec:
-    """The target whose trainer wrote the run in `run_dir` (FileNotFoundError / ValueError in one line)."""
+def target_of_run(run_dir) -> tuple[TrainingSpec, str | None]:
+    """The target whose trainer wrote the run in `run_dir`, and the pack it trained against (None for runs that make
+    packs: the generator's); FileNotFoundError / ValueError in one line."""
     from pathlib import Path
 
     from .checkpoint import load_checkpoint
@@ -82,14 +83,4 @@ def target_of_run(run_dir) -> TrainingSpec:
     targets = training_targets()
     if name not in targets:
         raise ValueError(f"{run_dir}: a run of {name!r}, which this build cannot export")
-    return targets[name]
-
-
-def target_of_run_pack(run_dir) -> str | None:
-    """The name of the pack a method's run trained against (None for runs that make packs: the generator's)."""
-    from pathlib import Path
-
-    from .checkpoint import load_checkpoint
-
-    state = load_checkpoint(Path(run_dir)) or {}
-    return state.get("pack")
+    return targets[name], state.get("pack")

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from ...packs import Pack
 from ..base import Inversion, Method
+from ..e4e.method import encode
 from . import BASE, NETWORK
 from .model import SAMM, gather_mask
 
@@ -20,15 +20,6 @@ class Pass:
     generated: torch.Tensor             # [N, 3, R, R] G's output with aligned features
     mask: torch.Tensor                  # [N, 1, R, R] the invertibility mask m in [0, 1]
     alphas: dict                        # resolution -> [N, 1, r, r] alpha of each active scale
-
-
-def encode(encoder, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """W+ codes and the backbone features by spatial size, from images at the generator's resolution."""
-    size = encoder.cfg.input_size
-    x_in = x if x.shape[-1] == size else F.interpolate(x, size=(size, size), mode="area")
-    features: dict = {}
-    codes = encoder(x_in.contiguous(memory_format=torch.channels_last), features)
-    return codes.contiguous(), {r: f.contiguous() for r, f in features.items()}
 
 
 def scale_features(net: SAMM, features: dict) -> list[torch.Tensor]:
@@ -74,8 +65,7 @@ class SAMMMethod(Method):
     def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.G = pack.generator(device)
-        # Channels-last takes the encoder's small convolutions to oneDNN at batch 1, as in e4e (stylecli.methods.e4e).
-        self.E = pack.load(BASE, device).to(memory_format=torch.channels_last)
+        self.E = pack.load(BASE, device).to(memory_format=torch.channels_last)  # see e4e's `encode`
         self.net = pack.load(NETWORK, device)
         self.resolution = self.G.img_resolution
 
@@ -91,7 +81,7 @@ class SAMMMethod(Method):
         assert images.ndim == 4 and images.shape[1:] == (3, self.resolution, self.resolution), \
             f"expected [N, 3, {self.resolution}, {self.resolution}], got {tuple(images.shape)}"
         x = images.to(self.device, torch.float32)
-        codes, features = encode(self.E, x)
+        codes, features = encode(self.E, x, with_features=True)
         result = samm_pass(self.G, self.net, x, codes, scale_features(self.net, features))
         back = lambda t: t.to(images.device)
         return Inversion(latents={"w_plus": back(codes)}, image=back(result.image),
@@ -103,7 +93,7 @@ class SAMMMethod(Method):
         this pass, so what lies out of the domain (an occluder) stays where it was while the face changes."""
         codes = inversion.latents["w_plus"]
         x = from_source(inversion.extras.get("source"), self.resolution).to(self.device)
-        taps = scale_features(self.net, encode(self.E, x)[1])
+        taps = scale_features(self.net, encode(self.E, x, with_features=True)[1])
         w = codes.to(self.device) + strength * direction.to(self.device, codes.dtype)
         result = samm_pass(self.G, self.net, x, w, taps)
         back = lambda t: t.to(codes.device)

@@ -174,7 +174,7 @@ class SAMMTrainer(StepTrainer):
         active = self.active_scales()
         x = self.source.batch(self.batch_per_rank).to(dev)
         with torch.no_grad():
-            codes, features = encode(self.E, x)
+            codes, features = encode(self.E, x, with_features=True)
         result = samm_pass(self.G, self.net, x, codes, scale_features(self.net, features), active=active)
         y = result.image
         # The adversarial term keeps the generator's own (aligned) output realistic, "to make x_in look realistic" as
