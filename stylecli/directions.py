@@ -18,7 +18,9 @@ strengths comparable across attributes and packs.
   predictor, taken over the rows the edit touches, gets the same zero-change constraint. Optionally restricted to
   layers.
 - pca (GANSpace): principal components of W samples; component k becomes a direction of one std along it.
-- import: InterFaceGAN boundaries (.npy, (1, w_dim) or (1, num_ws, w_dim)), GANSpace (.pt dict with mean, comp, std),
+- import: InterFaceGAN boundaries (.npy, (1, w_dim) or (1, num_ws, w_dim); the same tensors saved as .pt, as e4e and
+  SFE ship them), GANSpace (.pt dict with mean, comp, std, as e4e's ffhq_pca.pt; GANSpace's own .npz with lat_comp,
+  lat_mean, lat_stdev; and named edits (component, rows, value) as e4e's and SFE's editors list them),
   IDInvert boundaries (.npy holding {'boundary': (1, num_ws, w_dim), 'meta_data': {'manipulate_layers': [...]}},
   read without unpickling code).
 """
@@ -294,24 +296,93 @@ def _read_npy(path: Path):
     return np.load(path, allow_pickle=False)
 
 
+def _read_torch(path: Path):
+    """A .pt of tensors and plain containers (weights_only: nothing in the file runs)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # not a torch file, or a pickle holding more than tensors
+        reason = " ".join(str(exc).split()[:12])
+        raise DirectionError(f"{path}: not a weights-only torch file ({reason})") from None
+
+
+def read_ganspace(path: Path, w_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(components [K, w_dim] of unit length, standard deviations [K]) of a GANSpace PCA of W, from either layout:
+    GANSpace's own cache `.npz` (lat_comp [K, 1, w_dim], lat_mean, lat_stdev [K]; read without pickles) or the
+    `.pt` dict e4e ships as ganspace_pca/ffhq_pca.pt (comp [K, 1, w_dim], mean, std [K])."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                if not {"lat_comp", "lat_stdev"} <= set(npz.files):
+                    raise DirectionError(f"{path}: expected GANSpace's lat_comp, lat_mean and lat_stdev arrays "
+                                         f"(found {', '.join(npz.files) or 'none'})")
+                comp, std = torch.from_numpy(npz["lat_comp"].astype(np.float32)), torch.from_numpy(
+                    npz["lat_stdev"].astype(np.float32))
+        except (ValueError, OSError, EOFError) as exc:  # ValueError: an object array (a pickle) is refused
+            raise DirectionError(f"{path}: not a GANSpace .npz ({exc})") from None
+    else:
+        data = _read_torch(path)
+        if not isinstance(data, dict) or not {"comp", "std"} <= set(data):
+            raise DirectionError(f"{path}: expected a GANSpace dict with 'mean', 'comp' and 'std'")
+        comp, std = data["comp"].float(), data["std"].float()
+    std = std.reshape(-1)
+    if comp.numel() != len(std) * w_dim:
+        raise DirectionError(f"{path}: {tuple(comp.shape)} components with {len(std)} deviations do not fit W of "
+                             f"{w_dim} dims")
+    return comp.reshape(len(std), w_dim), std
+
+
+def ganspace_edits(path: Path, num_ws: int, w_dim: int, edits: dict[str, tuple[int, int, int, float]],
+                   components: int = 0, prefix: str = "pc") -> list[Direction]:
+    """Named GANSpace edits, as e4e's and SFE's editors list them: NAME -> (component, first row, end row, value).
+
+    Their editors *set* the code's coordinate along the component to `value` standard deviations on rows
+    [first, end); stylecli's directions are added. Each edit becomes the component times its standard deviation, on
+    those rows, pointing the way `value` does: strength 1 moves the code one standard deviation towards the named
+    attribute, and strengths near |value| give about the official edit on a typical face (whose coordinate is near 0).
+    `components` > 0 also adds the first components on every row as {prefix}0, {prefix}1, ...
+    """
+    comp, std = read_ganspace(path, w_dim)
+    found = []
+    for name, (index, start, end, value) in edits.items():
+        if not (0 <= index < len(std) and 0 <= start < end <= num_ws):
+            raise DirectionError(f"{path}: edit {name!r} needs component {index} on rows {start}-{end - 1}; the file "
+                                 f"has {len(std)} components, the pack's W+ {num_ws} rows")
+        vector = torch.zeros(num_ws, w_dim)
+        vector[start:end] = float(np.sign(value)) * comp[index] * std[index]
+        found.append(Direction(name, vector, "ganspace", {"component": index, "layers": [start, end],
+                                                          "std": float(std[index]), "official_value": value,
+                                                          "source": path.name}))
+    for k in range(min(components, len(std))):
+        found.append(Direction(f"{prefix}{k}", (comp[k] * std[k]).expand(num_ws, -1).clone(), "ganspace",
+                               {"component": k, "std": float(std[k]), "layers": [0, num_ws], "source": path.name}))
+    return found
+
+
 def import_directions(path: Path, num_ws: int, w_dim: int, name: str | None = None) -> list[Direction]:
+    """Directions from an official file: InterFaceGAN boundaries (.npy [1, w_dim] or [1, num_ws, w_dim], or the same
+    tensors as .pt, the layout e4e and SFE ship as interfacegan_directions/age.pt), GANSpace PCAs (.npz, or .pt
+    dicts like e4e's ffhq_pca.pt: every component, named NAME0, NAME1, ...), IDInvert boundaries (.npy dict)."""
     path = Path(path)
     if not path.is_file():
         raise DirectionError(f"{path}: no such file")
     stem = name or path.stem.replace("_boundary", "")
-    if path.suffix == ".pt":  # GANSpace
-        data = torch.load(path, map_location="cpu", weights_only=True)
-        if not isinstance(data, dict) or not {"comp", "std"} <= set(data):
-            raise DirectionError(f"{path}: expected a GANSpace dict with 'mean', 'comp' and 'std'")
-        comp, std = data["comp"].reshape(len(data["std"]), -1).float(), data["std"].reshape(-1).float()
-        if comp.shape[1] != w_dim:
-            raise DirectionError(f"{path}: components have {comp.shape[1]} dims, the pack's W has {w_dim}")
+    if path.suffix in (".pt", ".pth", ".npz"):
+        data = _read_torch(path) if path.suffix != ".npz" else None
+        if isinstance(data, torch.Tensor):  # an InterFaceGAN boundary saved with torch.save
+            return [_boundary_direction(path, stem, data.detach().float().numpy(), num_ws, w_dim)]
+        comp, std = read_ganspace(path, w_dim)
         return [Direction(f"{stem}{k}", (comp[k] * std[k]).expand(num_ws, -1).clone(), "ganspace",
                           {"component": k, "std": float(std[k]), "source": path.name}) for k in range(len(std))]
     try:
         data = _read_npy(path)
     except (ValueError, pickle.UnpicklingError, EOFError) as exc:
         raise DirectionError(f"{path}: {exc}") from None
+    return [_boundary_direction(path, stem, data, num_ws, w_dim)]
+
+
+def _boundary_direction(path: Path, stem: str, data, num_ws: int, w_dim: int) -> Direction:
+    """An InterFaceGAN / IDInvert boundary as a direction on W+ ([1, w_dim] is broadcast to every row)."""
     layers = None
     if isinstance(data, np.ndarray) and data.dtype == object:
         data = data.item()
@@ -332,7 +403,7 @@ def import_directions(path: Path, num_ws: int, w_dim: int, name: str | None = No
         vector = vector * mask
     # IDInvert names any set of rows; "layers" is the half-open range every other direction records.
     info = {"source": path.name, **({"rows": layers} if layers else {"layers": [0, num_ws]})}
-    return [Direction(stem, vector, "import", info)]
+    return Direction(stem, vector, "import", info)
 
 
 def parse_layers(text: str | None) -> tuple[int, int] | None:

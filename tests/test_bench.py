@@ -269,3 +269,47 @@ def test_bench_inversion_table_shows_dashes_for_a_method_without_masks(masked_fo
     assert f"mask_iou: '-' where the method makes no masks ({masked_folder})" in done.output
     rows = json.loads((tmp_path / "out" / "inversion.json").read_text())
     assert "mask_iou" in rows[0] and "mask_iou" not in rows[1]
+
+
+class RendererEdit:
+    """A stand-in method whose edit is the renderer's own (each face rendered again with smile at its maximum): it
+    changes nothing outside the attribute's region. `spill` adds an offset everywhere on top."""
+    resolution, device = RESOLUTION, "cpu"
+
+    def __init__(self, labels, spill=0.0):
+        self.labels, self.spill = labels, spill
+
+    def invert(self, x):
+        return SimpleNamespace(image=x.clone())
+
+    def edit(self, inversion, vector, strength):
+        from stylecli.data.render import ATTRIBUTES
+        from stylecli.data.sets import rerender
+        from stylecli.imageio import image_to_tensor
+
+        n = len(inversion.image)
+        labels, self.labels = self.labels[:n], self.labels[n:]
+        moved = torch.cat([image_to_tensor(rerender(label, RESOLUTION, smile=ATTRIBUTES["smile"][1]))
+                           for label in labels])
+        return (moved + self.spill).clamp(-1, 1)
+
+
+def test_edit_locality_is_measured_outside_the_renderers_own_edit_region():
+    from stylecli.bench.inversion import attribute_regions
+
+    data = load_set("indomain", 3, RESOLUTION)
+    regions = attribute_regions(data.labels, "smile", RESOLUTION)
+    assert regions.shape == (3, 1, RESOLUTION, RESOLUTION)
+    area = regions.float().mean()
+    assert 0.005 < area < 0.5  # the mouth and its margin, not the whole face
+    assert attribute_regions(data.labels, "no_such_attribute", RESOLUTION) is None
+    assert attribute_regions(None, "smile", RESOLUTION) is None
+
+    directions = {"smile": SimpleNamespace(vector=None, info={"attribute": "smile"})}
+    local, = evaluate_editing(RendererEdit(list(data.labels)), domain_losses(), directions, 3, strength=2.0)
+    spilled, = evaluate_editing(RendererEdit(list(data.labels), spill=0.1), domain_losses(), directions, 3,
+                                strength=2.0)
+    assert local["psnr_outside_edit"] > 60  # nothing changed outside: at the PSNR floor of 1e-10
+    assert spilled["psnr_outside_edit"] == pytest.approx(psnr_of((1, 0.1)), abs=0.5)  # clipping aside
+    blur_edit, = evaluate_editing(Blur(), domain_losses(), directions, 3, strength=2.0)
+    assert blur_edit["psnr_outside_edit"] < local["psnr_outside_edit"]

@@ -48,7 +48,7 @@ def test_generate_writes_seeded_images_and_a_grid(tmp_path):
     (["generate", "--model", "no-such-pack"], "no model pack 'no-such-pack'"),
     (["generate", "--model", "random:tiny-32", "--seeds", "5-1"], "bad seed range"),
     (["generate", "--model", "random:huge"], "unknown configuration"),
-    (["edit", "face.jpg", "-d", "smile", "--method", "sfe"], "method 'sfe'"),
+    (["edit", "face.jpg", "-d", "smile", "--method", "e4e", "--steps", "5"], "--steps: not an option of method 'e4e'"),
     (["invert", "x.png", "--method", "nope"], "unknown method"),
     (["weights", "info", "nowhere"], "no model pack"),
     (["bench", "generator", "--config", "tiny-32", "--dtype", "fp16", "--device", "cpu"], "fp16 timing needs"),

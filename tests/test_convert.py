@@ -290,3 +290,132 @@ def test_training_and_speed_settings_are_accepted_and_change_nothing(tmp_path):
         img = conv.generator.eval()(tensors["z"], truncation_psi=0.7, noise_mode="const")
         torch.testing.assert_close(img, tensors["img_psi0.7"], atol=1e-4, rtol=0)
         torch.testing.assert_close(conv.discriminator.eval()(tensors["img_psi1"]), tensors["logits"], atol=1e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# NVIDIA's legacy TensorFlow pickle (stylegan2-ffhq-config-f.pkl), written in its layout by tests/tf_pickle_fixtures.py
+
+@pytest.fixture(scope="module")
+def tf_networks():
+    from tf_pickle_fixtures import exact_affine_biases
+
+    G, D = random_networks(11)
+    return exact_affine_biases(G), D
+
+
+def test_tf_pickle_converts_bit_for_bit_and_runs_no_code(tf_networks, tmp_path):
+    """stylecli -> TF layout (dense/conv transposes, mirrored Conv0_up, style bias - 1, noise maps) -> back."""
+    from tf_pickle_fixtures import write_tf_pickle
+
+    G, D = tf_networks
+    marker = tmp_path / "code_ran.txt"
+    conv = convert_checkpoint(write_tf_pickle(tmp_path / "config-f.pkl", G, D, marker))
+    assert not marker.exists(), "build_module_src of the TF pickle was executed"
+    assert conv.source_format == "nvidia-tf-pkl"
+    assert conv.generator.config == G.config and conv.discriminator.config == D.config
+    for ours, theirs in ((conv.generator, G), (conv.discriminator, D)):
+        expected = theirs.state_dict()
+        assert all(torch.equal(v, expected[k]) for k, v in ours.state_dict().items())
+    z = torch.randn(2, G.z_dim)
+    with torch.no_grad():
+        assert torch.equal(conv.generator(z, truncation_psi=0.7, noise_mode="const"),
+                           G(z, truncation_psi=0.7, noise_mode="const"))
+        img = torch.randn(4, 3, 32, 32)
+        assert torch.equal(conv.discriminator(img), D(img))
+    # Every noise map went to its own layer (noise{2 log2 R - 5} -> conv0, noise{2 log2 R - 4} -> conv1).
+    mapped = dict(conv.reports["generator"].mapped)
+    assert mapped["synthesis/noise0"] == "synthesis.b4.conv1.noise_const"
+    assert mapped["synthesis/noise1"] == "synthesis.b8.conv0.noise_const"
+    assert mapped["synthesis/noise5"] == "synthesis.b32.conv0.noise_const"
+    assert mapped["synthesis/noise6"] == "synthesis.b32.conv1.noise_const"
+
+
+def test_tf_conv0_up_must_be_mirrored(tf_networks, tmp_path):
+    """Reading Conv0_up without the flip would give another network: the flip is what makes the round trip exact."""
+    import tf_pickle_fixtures as tf
+
+    G, D = tf_networks
+    original = tf.conv_up
+    tf.conv_up = tf.conv  # a writer that forgets TF's mirrored storage
+    try:
+        conv = convert_checkpoint(tf.write_tf_pickle(tmp_path / "s.pkl", G, D, tmp_path / "m"))
+    finally:
+        tf.conv_up = original
+    z = torch.randn(1, G.z_dim)
+    with torch.no_grad():
+        assert not torch.allclose(conv.generator(z, noise_mode="const"), G(z, noise_mode="const"), atol=1e-3)
+
+
+class _TFExploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_a_tf_pickle_that_would_run_code_is_refused_and_nothing_runs(tf_networks, tmp_path):
+    from tf_pickle_fixtures import write_tf_pickle
+
+    G, D = tf_networks
+    marker = tmp_path / "pwned.txt"
+    path = write_tf_pickle(tmp_path / "evil.pkl", G, D, marker, extra_variable=("trojan", _TFExploit(marker)))
+    with pytest.raises(ConversionError, match="refusing to load builtins.exec: not an allowed type in a TensorFlow"):
+        convert_checkpoint(path)
+    assert not marker.exists()
+
+
+TF_REFUSED = {
+    "conditional": (dict(g={"label_size": 10}), r"Gs: label_size=10 is not supported"),
+    "resnet generator": (dict(g={"architecture": "resnet"}), r"Gs: architecture='resnet' .* 'skip' only"),
+    "mapping lr": (dict(g={"mapping_lrmul": 0.1}), r"mapping_lrmul=0\.1"),
+    "unknown kwarg": (dict(g={"magnitude_ema_beta": 0.5}), r"unknown setting magnitude_ema_beta=0\.5"),
+    "mbstd features": (dict(d={"mbstd_num_features": 2}), r"D: mbstd_num_features=2"),
+    "StyleGAN1 synthesis": (dict(funcs={"synthesis": "G_synthesis"}), r"Gs/synthesis: built by 'G_synthesis'"),
+    "another D": (dict(funcs={"D": "D_basic"}), r"D: built by 'D_basic'"),
+}
+
+
+@pytest.mark.parametrize("name", list(TF_REFUSED))
+def test_tf_settings_the_core_cannot_honour_are_refused(name, tf_networks, tmp_path):
+    from tf_pickle_fixtures import tf_kwargs, write_tf_pickle
+
+    G, D = tf_networks
+    change, message = TF_REFUSED[name]
+    g, d = tf_kwargs(G, D)
+    g.update(change.get("g", {}))
+    d.update(change.get("d", {}))
+    path = write_tf_pickle(tmp_path / "s.pkl", G, D, tmp_path / "m", g, d, change.get("funcs"))
+    with pytest.raises(ConversionError, match=message) as err:
+        convert_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_tf_dropped_settings_change_nothing(tf_networks, tmp_path):
+    """Truncation, style mixing, noise randomisation and fp16 are how TF ran the graph, not what it computes."""
+    from tf_pickle_fixtures import tf_kwargs, write_tf_pickle
+
+    G, D = tf_networks
+    g, d = tf_kwargs(G, D)
+    g.update(truncation_psi=0.5, style_mixing_prob=0.9, randomize_noise=True, dlatent_avg_beta=0.995, dtype="float32",
+             num_fp16_res=0, fused_modconv=True, structure="auto")
+    conv = convert_checkpoint(write_tf_pickle(tmp_path / "s.pkl", G, D, tmp_path / "m", g, d))
+    z = torch.randn(1, G.z_dim)
+    with torch.no_grad():
+        assert torch.equal(conv.generator(z, noise_mode="const"), G(z, noise_mode="const"))
+
+
+def test_a_tf_tensor_with_swapped_dimensions_is_refused(tf_networks, tmp_path):
+    """A dense weight stored [out, in] instead of TF's [in, out] holds as many numbers; the shape is what counts."""
+    import tf_pickle_fixtures as tf
+
+    G, D = tf_networks
+    original = tf.dense
+    tf.dense = tf._np  # a writer that forgets TF's [in, out] layout
+    try:
+        path = tf.write_tf_pickle(tmp_path / "s.pkl", G, D, tmp_path / "m")
+    finally:
+        tf.dense = original
+    with pytest.raises(ConversionError, match=r"'synthesis/32x32/Conv1/mod_weight' has shape \(16, 32\), expected "
+                                              r"\(32, 16\) for 'synthesis\.b32\.conv1\.affine\.weight' \(dense"):
+        convert_checkpoint(path)

@@ -238,3 +238,62 @@ def test_a_damaged_directions_file_is_one_line(tmp_path):
     (copy / "directions.safetensors").write_bytes(bytes(data))
     with pytest.raises(DirectionError, match="directions.safetensors cannot be read .*sha256"):
         load_directions(Pack.open(copy))
+
+
+def test_import_the_files_e4e_and_sfe_ship_and_ganspace_npz(tmp_path):
+    """InterFaceGAN tensors saved with torch.save (e4e's interfacegan_directions/age.pt), GANSpace's own .npz, and
+    e4e's ffhq_pca.pt read as the same components."""
+    gen = torch.Generator().manual_seed(0)
+    age = torch.nn.functional.normalize(torch.randn(1, W_DIM, generator=gen), dim=1)
+    torch.save(age, tmp_path / "age.pt")
+    (d,) = import_directions(tmp_path / "age.pt", NUM_WS, W_DIM)
+    assert d.name == "age" and d.kind == "import" and torch.equal(d.vector, age.expand(NUM_WS, -1))
+    pose = torch.randn(1, NUM_WS, W_DIM, generator=gen)
+    torch.save(pose, tmp_path / "pose.pt")
+    assert torch.equal(import_directions(tmp_path / "pose.pt", NUM_WS, W_DIM)[0].vector, pose[0])
+
+    comp = torch.nn.functional.normalize(torch.randn(5, 1, W_DIM, generator=gen), dim=2)
+    std = torch.tensor([5.0, 4.0, 3.0, 2.0, 1.0])
+    np.savez(tmp_path / "stylegan2-ffhq_style_ipca_c5_n1000_w.npz", lat_comp=comp.numpy(),
+             lat_mean=np.zeros((1, W_DIM), np.float32), lat_stdev=std.numpy())
+    torch.save({"mean": torch.zeros(1, W_DIM), "comp": comp, "std": std}, tmp_path / "ffhq_pca.pt")
+    from_npz = import_directions(tmp_path / "stylegan2-ffhq_style_ipca_c5_n1000_w.npz", NUM_WS, W_DIM, name="gs")
+    from_pt = import_directions(tmp_path / "ffhq_pca.pt", NUM_WS, W_DIM, name="gs")
+    assert [x.name for x in from_npz] == [f"gs{k}" for k in range(5)]
+    for a, b in zip(from_npz, from_pt):
+        assert torch.equal(a.vector, b.vector)
+    torch.testing.assert_close(from_npz[2].vector[1], comp[2, 0] * 3.0)
+
+
+def test_named_ganspace_edits_follow_the_official_rows_and_sign(tmp_path):
+    """SFE/e4e's (component, start, end, value): rows [start, end) only, one std, pointing the way `value` does."""
+    from stylecli.directions import ganspace_edits
+
+    gen = torch.Generator().manual_seed(1)
+    comp = torch.nn.functional.normalize(torch.randn(6, 1, W_DIM, generator=gen), dim=2)
+    std = torch.tensor([6.0, 5.0, 4.0, 3.0, 2.0, 1.0])
+    torch.save({"mean": torch.zeros(1, W_DIM), "comp": comp, "std": std}, tmp_path / "ffhq_pca.pt")
+    found = ganspace_edits(tmp_path / "ffhq_pca.pt", NUM_WS, W_DIM,
+                           {"eye_openness": (4, 1, 2, 5.0), "nose_length": (3, 0, 3, -30.0)}, components=2)
+    named = {d.name: d for d in found}
+    assert list(named) == ["eye_openness", "nose_length", "pc0", "pc1"]
+    eyes, nose = named["eye_openness"].vector, named["nose_length"].vector
+    assert eyes[[0, 2, 3]].abs().max() == 0 and torch.equal(eyes[1], comp[4, 0] * 2.0)
+    assert nose[3].abs().max() == 0 and torch.equal(nose[0], -comp[3, 0] * 3.0)
+    assert named["nose_length"].info == {"component": 3, "layers": [0, 3], "std": 3.0, "official_value": -30.0,
+                                         "source": "ffhq_pca.pt"}
+    with pytest.raises(DirectionError, match=r"edit 'far' needs component 9 on rows 0-1; the file has 6 components"):
+        ganspace_edits(tmp_path / "ffhq_pca.pt", NUM_WS, W_DIM, {"far": (9, 0, 2, 1.0)})
+
+
+def test_ganspace_npz_with_pickled_objects_or_wrong_keys_is_refused(tmp_path, capsys):
+    np.savez(tmp_path / "objects.npz", lat_comp=np.array([_Exploit()], dtype=object), lat_stdev=np.ones(1))
+    with pytest.raises(DirectionError, match="not a GANSpace .npz"):
+        import_directions(tmp_path / "objects.npz", NUM_WS, W_DIM)
+    assert "unpickled code ran" not in capsys.readouterr().out
+    np.savez(tmp_path / "other.npz", act_comp=np.ones((2, W_DIM), np.float32))
+    with pytest.raises(DirectionError, match="expected GANSpace's lat_comp, lat_mean and lat_stdev arrays"):
+        import_directions(tmp_path / "other.npz", NUM_WS, W_DIM)
+    torch.save({"comp": torch.ones(2, 1, W_DIM + 1), "std": torch.ones(2)}, tmp_path / "wide.pt")
+    with pytest.raises(DirectionError, match="do not fit W"):
+        import_directions(tmp_path / "wide.pt", NUM_WS, W_DIM)

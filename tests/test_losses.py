@@ -6,7 +6,6 @@ import sys
 import lpips
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from stylecli.core.networks import Generator
 from stylecli.irse import ArcFace

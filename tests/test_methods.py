@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from stylecli.methods import METHODS, PLANNED, MethodUnavailable, get_method
+from stylecli.methods import METHODS, MethodUnavailable, get_method
 from stylecli.methods.base import ConverterSpec, Method, MethodSpec, Option, resolve
 from stylecli.packs import Pack
 from stylecli.train.targets import TrainingSpec, training_targets
@@ -52,7 +52,7 @@ def pack_with_networks_of(spec, pack, tmp_path):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_conforms_to_the_contract(name, pack, tmp_path):
     spec = METHODS[name]
-    assert spec.name == name and spec.summary and name not in PLANNED
+    assert spec.name == name and spec.summary
     cls = resolve(spec.implementation)
     assert isinstance(cls, type) and issubclass(cls, Method) and cls.name == name
     assert not getattr(cls, "__abstractmethods__", None), f"{name} leaves abstract methods open"
@@ -109,10 +109,8 @@ def test_method_declares_how_it_trains_and_converts(name):
         assert resolve(spec.converter.detect)(SHIPPED / "manifest.json") is False
 
 
-def test_unbuilt_and_unknown_methods_are_refused_in_one_line():
-    for name in PLANNED:
-        with pytest.raises(MethodUnavailable, match="not part of this build"):
-            get_method(name)
+def test_unknown_methods_are_refused_in_one_line():
+    assert {"e4e", "samm", "sfe", "idinvert", "fwplus"} <= set(METHODS)
     with pytest.raises(MethodUnavailable, match="unknown method 'nope'; choose from e4e"):
         get_method("nope")
 
@@ -217,9 +215,9 @@ def test_method_options_become_flags_of_the_commands_that_invert():
     assert seen == {"input": "b.png", "options": {"steps": None}}
 
 
-def test_methods_command_lists_built_and_planned_methods():
+def test_methods_command_lists_every_method():
     out = cli("methods")
     assert out.returncode == 0, out.stderr
-    for name in (*METHODS, *PLANNED):
+    for name in METHODS:
         assert name in out.stdout
     assert "stylecli train e4e" in out.stdout and "e4e_encoder" in out.stdout

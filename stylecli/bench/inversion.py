@@ -222,6 +222,27 @@ def _edit_row(name: str, target: str, base: torch.Tensor, edited: torch.Tensor, 
             "id_similarity": float(losses.identity(edited, base).mean())}
 
 
+def attribute_regions(labels: list[dict] | None, attribute: str, resolution: int, margin: int = 2
+                      ) -> torch.Tensor | None:
+    """Where the renderer's own edit of `attribute` changes each face ([N, 1, R, R] bool): the pixels that differ
+    between the face and its renders at the attribute's two extremes (glasses on and off), grown by `margin` pixels.
+    None when the labels cannot be rendered again (not renderer labels) or the renderer has no such attribute."""
+    required = [n for n, f in FaceParams.__dataclass_fields__.items() if f.default is f.default_factory is MISSING]
+    if attribute not in ATTRIBUTES or labels is None or any(n not in label for label in labels for n in required):
+        return None
+    low, high = ATTRIBUTES[attribute]
+    regions = []
+    for label in labels:
+        base = image_to_tensor(rerender(label, resolution))
+        changed = torch.zeros(1, 1, resolution, resolution, dtype=torch.bool)
+        for value in (low, high):
+            moved = image_to_tensor(rerender(label, resolution, **{attribute: value}))
+            changed |= (moved - base).abs().amax(dim=1, keepdim=True) > 2 / 255
+        regions.append(changed)
+    grown = torch.nn.functional.max_pool2d(torch.cat(regions).float(), 2 * margin + 1, 1, margin)
+    return grown > 0
+
+
 def _edit_scales(losses: LossNetworks, data: BenchSet, targets: list[str]) -> tuple[list[str], dict[str, float]]:
     """The editable attributes (drift is measured on them) and the std over the set of those and of every target
     the predictor gives as a scalar."""
@@ -259,6 +280,13 @@ def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int 
         kept = masked_psnr(data.images, edited, data.masks) if data.masks is not None else None
         if kept is not None:
             row["psnr_kept"] = kept
+        # Edit locality: the rest of the face and the background should come through as they were (against the
+        # input, so a method that lost detail in inversion scores that loss too).
+        regions = attribute_regions(data.labels, targets[dname], method.resolution)
+        if regions is not None:
+            outside = masked_psnr(data.images, edited, ~regions)
+            if outside is not None:
+                row["psnr_outside_edit"] = outside
         rows.append(row)
     return rows
 

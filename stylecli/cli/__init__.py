@@ -15,6 +15,7 @@ from .bench import bench_app
 from .commands import register_commands
 from .common import console
 from .data import data_app
+from .diffuse import register_diffuse
 from .directions import directions_app
 from .train import register_targets, train_app
 from .weights import weights_app
@@ -28,6 +29,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 register_commands(app)
+register_diffuse(app)
 app.add_typer(weights_app, name="weights")
 app.add_typer(bench_app, name="bench")
 app.add_typer(data_app, name="data")

@@ -204,7 +204,7 @@ def inversion_command(
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
         for set_name in sets:
-            with progress_bar(f"{name} on {set_name}", count) as advance, _usage_errors():
+            with progress_bar(f"{name} on {set_name}", count, runner) as advance, _usage_errors():
                 row, comparison = evaluate_inversion(runner, losses, set_name, count, timing_calls=timing_calls,
                                                      on_batch=advance)
             row["method"] = name
@@ -282,7 +282,7 @@ def editing_command(
         targets = {d: v.info.get("attribute", d) for d, v in chosen.items()}
         chosen.update({r.name: r for r in [restricted(v, span) for v in list(chosen.values()) for span in ranges]})
         what = f"{name}: inverting, then {len(chosen)} direction{'s' if len(chosen) > 1 else ''}"
-        with progress_bar(what, count * (1 + len(chosen))) as advance, _usage_errors():
+        with progress_bar(what, count * (1 + len(chosen)), runner) as advance, _usage_errors():
             for row in evaluate_editing(runner, losses, chosen, count, strength, on_batch=advance, set_name=set_name):
                 add(row, name, f"{row['target_change_per_unit']:+.2f}")
     if reference:
@@ -291,15 +291,20 @@ def editing_command(
                 add(row, "renderer", "(+1 std)")
     # On a set with masks: how much of what was added survives each edit (a column only then).
     kept = any("psnr_kept" in row for row in rows)
+    local = any("psnr_outside_edit" in row for row in rows)
     table = Table("method", "direction", "target change ± SE", "per unit", "max drift", "ID sim",
-                  *(["PSNR kept in mask"] if kept else []),
+                  *(["PSNR outside edit"] if local else []), *(["PSNR kept in mask"] if kept else []),
                   title=f"editing on {model}, {set_name}, at strength {strength} ({count} images), in attribute std")
     for row, per_unit in zip(rows, per_units):
         table.add_row(row["method"], row["direction"],
                       f"{row['target_change_std']:+.2f} ± {row['target_change_se']:.2f}", per_unit,
                       f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}",
+                      *([_cell(row, "psnr_outside_edit", ".2f")] if local else []),
                       *([_cell(row, "psnr_kept", ".2f")] if kept else []))
     show(table)
+    if local:
+        console.print("PSNR outside edit: the edited image against the input outside the region the renderer's own "
+                      "edit of the attribute changes, in dB (edit locality: detail and background kept)")
     if kept:
         console.print("PSNR kept in mask: the edited image against the input inside the set's masks, in dB (how much "
                       "of what was added survives the edit)" + ("; '-' for the renderer, which renders the face "

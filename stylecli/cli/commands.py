@@ -56,7 +56,7 @@ def methods():
     """
     from rich.table import Table
 
-    from ..methods import METHODS, PLANNED
+    from ..methods import METHODS
     from .common import show
 
     table = Table("method", "what it does", "pack networks", "options", "train", "converts")
@@ -65,8 +65,6 @@ def methods():
                       ", ".join(f"{o.flag} ({o.default})" for o in spec.options) or "-",
                       f"stylecli train {spec.training.name}" if spec.training else "-",
                       spec.converter.formats if spec.converter else "-")
-    for name in PLANNED:
-        table.add_row(name, "not part of this build yet (see the README's roadmap)", "", "", "", "")
     show(table)
 
 

@@ -55,10 +55,18 @@ class UsageError(Exception):
 
 
 @contextmanager
-def progress_bar(description: str, total: int):
-    """A rich progress bar on stderr; yields a function that advances it by n."""
+def progress_bar(description: str, total: int, method=None):
+    """A rich progress bar on stderr; yields a function that advances it by n. With a `method` that optimises per
+    image (it calls `Method.on_step`), a second line follows the optimisation steps of the images it is working on."""
     columns = [TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("eta"), TimeRemainingColumn()]
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total)
-        yield lambda n=1: progress.advance(task, n)
+        if method is not None:
+            steps = progress.add_task("  optimisation steps", total=None, visible=False)
+            method.on_step = lambda step, of: progress.update(steps, completed=step, total=of, visible=True)
+        try:
+            yield lambda n=1: progress.advance(task, n)
+        finally:
+            if method is not None:
+                method.on_step = None

@@ -108,7 +108,7 @@ def pca_command(model: str = ModelOption, components: int = typer.Option(10, "--
 
 
 @directions_app.command("import")
-def import_command(path: Path = typer.Argument(..., help="InterFaceGAN .npy, GANSpace .pt or IDInvert .npy."),
+def import_command(path: Path = typer.Argument(..., help="InterFaceGAN .npy or .pt, GANSpace .pt or .npz, or IDInvert .npy."),
                    model: str = ModelOption, name: Optional[str] = typer.Option(None, "--name")):
     """Import official direction files (InterFaceGAN, GANSpace, IDInvert layouts).
 

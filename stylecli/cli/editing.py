@@ -96,7 +96,7 @@ def invert(
         raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
     runner, pack = _open_method(method, model, device, method_options)  # a pack that cannot serve creates no folder
     writable_folder(out)  # before any work: an output folder that cannot be written is a usage error, not N failures
-    with progress_bar(f"inverting with {method}", len(files)) as advance:
+    with progress_bar(f"inverting with {method}", len(files), runner) as advance:
         results = invert_files(runner, pack.name, files, out, compare=compare, overwrite=overwrite, batch=batch,
                                masks=get_method(method).makes_masks, on_file=lambda r: advance())
     _finish(results, json_output, "inverted", debug)
@@ -151,7 +151,7 @@ def edit(
         edits = [(name, get_direction(pack, name).vector, s) for name, s in zip(direction, strengths)]
     except DirectionError as exc:
         raise UsageError(str(exc)) from None
-    with progress_bar(f"editing with {method}", len(sources)) as advance:
+    with progress_bar(f"editing with {method}", len(sources), runner) as advance:
         results = edit_files(runner, pack.name, sources, edits, out, from_latents=latent, batch=batch,
                              on_file=lambda r: advance())
     _finish(results, json_output, "edited", debug)
@@ -215,7 +215,7 @@ def blend(
         edits = [(name, get_direction(pack, name).vector, s[0]) for name, s in zip(direction, strengths)]
     except DirectionError as exc:
         raise UsageError(str(exc)) from None
-    with progress_bar(f"blending with {method}", len(files)) as advance:
+    with progress_bar(f"blending with {method}", len(files), runner) as advance:
         results = blend_files(runner, base_runner, pack.name, files, out, edits, compare=compare, overwrite=overwrite,
                               batch=batch, on_file=lambda r: advance())
     _finish(results, json_output, "blended", debug)

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from .common import UsageError, console, escape, show
+from .common import UsageError, console, escape, results, show
 
-weights_app = typer.Typer(help="Model packs: list, inspect, verify, and convert official checkpoints.",
+weights_app = typer.Typer(help="Model packs: list, inspect, verify, fetch and convert official checkpoints.",
                           no_args_is_help=True)
 
 
@@ -91,16 +91,18 @@ def verify_command(pack: str = typer.Argument(..., help="Pack name or folder."))
 
 @weights_app.command("convert")
 def convert_command(
-    src: Path = typer.Argument(..., help="NVIDIA stylegan2-ada-pytorch/stylegan3 .pkl, rosinality .pt, or a method's "
-                               "official checkpoint (see `stylecli weights convert --help`)."),
+    src: Path = typer.Argument(..., help="NVIDIA stylegan2-ada-pytorch/stylegan3 .pkl, NVIDIA's legacy TensorFlow "
+                               ".pkl, rosinality .pt, or a method's official checkpoint (see `stylecli weights convert "
+                               "--help`)."),
     dst: Path = typer.Argument(..., help="Pack folder to write (its name becomes the pack name)."),
     fp16: bool = typer.Option(False, "--fp16", help="Store weights as float16 (half the size)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="List every mapped tensor."),
 ):
     """Convert an official checkpoint into a stylecli pack. No code from the file is ever run.
 
-    Reads StyleGAN2 generators (and discriminators) and the official checkpoints of the methods that declare a
-    converter (e4e: e4e_ffhq_encode.pt).
+    Reads StyleGAN2 generators (and discriminators), NVIDIA's TensorFlow pickles included (stylegan2-ffhq-config-f.pkl,
+    without TensorFlow), and the official checkpoints of the methods that declare a converter (e4e:
+    e4e_ffhq_encode.pt).
 
     Example: stylecli weights convert stylegan2-ffhq-config-f.pkl weights/ffhq-1024
     """
@@ -123,6 +125,16 @@ def convert_command(
         source_format = converted.source_format
         if converted.discriminator is not None:
             networks["discriminator"] = converted.discriminator
+    pack = None
+    if "generator" not in networks:
+        # A method's file without a generator (SFE, BDInvert) goes into a pack with the generator it was made for.
+        from ..packs import Pack, PackError
+        try:
+            pack = Pack.open(dst)
+        except PackError:
+            raise UsageError(f"{escape(str(src))} holds {method.name}'s networks but no generator: convert it into "
+                             f"an existing pack made for its generator (e.g. from stylegan2-ffhq-config-f.pkl), not "
+                             f"{escape(str(dst))}") from None
     for name, report in reports.items():
         console.print(f"{name}: {len(report.mapped)} tensors mapped, {len(report.ignored)} source tensors ignored, "
                       f"{len(report.regenerated)} filter buffers regenerated")
@@ -130,9 +142,16 @@ def convert_command(
             for src_key, dst_key in report.mapped:
                 console.print(f"  {escape(src_key)} -> {escape(dst_key)}")
     provenance = {"converted_from": src.name, "source_format": source_format}
-    write_pack(dst, dst.name, networks, networks["generator"].img_resolution, provenance,
-               dtype=torch.float16 if fp16 else torch.float32)
-    console.print(f"wrote pack {escape(str(dst))}")
+    dtype = torch.float16 if fp16 else torch.float32
+    if pack is None:
+        write_pack(dst, dst.name, networks, networks["generator"].img_resolution, provenance, dtype=dtype)
+        console.print(f"wrote pack {escape(str(dst))}")
+        return
+    if method.converter.into_pack:
+        resolve(method.converter.into_pack)(src, pack, dtype)
+    else:
+        write_pack(pack.root, pack.name, networks, int(pack.manifest["resolution"]), provenance, dtype=dtype)
+    console.print(f"added {', '.join(networks)} to pack {escape(str(dst))}")
 
 
 @weights_app.command("add-loss-nets")
@@ -201,3 +220,93 @@ def from_runs_command(
         write_pack(dst, name or (existing.name if existing is not None else dst.name), networks, resolution, record,
                    dtype=dtype)
         console.print(f"{escape(str(dst))}: wrote {', '.join(networks)} from {escape(str(run))}")
+
+
+class _RichFetchReporter:
+    """A fetch's progress on stderr: a Rich bar per file while it downloads (bytes, speed, time left), and lines."""
+
+    def __init__(self):
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+        self.progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), TimeRemainingColumn(), console=console, transient=True)
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.stop()
+        return False
+
+    def file_progress(self, name, done, total):
+        if name not in self.tasks:
+            self.tasks[name] = self.progress.add_task(name, total=total)
+        self.progress.update(self.tasks[name], completed=done, total=total)
+
+    def file_done(self, name):
+        # A finished bar goes (the summary names every file afterwards): what stays on screen is what is running,
+        # and an error is the last line, alone.
+        task = self.tasks.pop(name, None)
+        if task is not None:
+            self.progress.remove_task(task)
+
+    def line(self, text, style=""):
+        self.progress.console.print(text, style=style or None, markup=False, highlight=False, soft_wrap=True)
+
+
+@weights_app.command("fetch")
+def fetch_command(
+    name: str = typer.Argument(..., help="Pack to fetch: ffhq-1024 or ffhq-256 (see --list)."),
+    to: Optional[Path] = typer.Option(None, "--to", help="Folder of packs: the pack goes to DIR/NAME, downloads to "
+                                      "DIR/downloads (default: ~/.cache/stylecli/packs, or $XDG_CACHE_HOME/stylecli/"
+                                      "packs)."),
+    source: Optional[Path] = typer.Option(None, "--from", help="Take the files from this folder (by their published "
+                                          "names) instead of the network."),
+    list_files: bool = typer.Option(False, "--list", help="List the files of the pack and exit (no network)."),
+    timeout: float = typer.Option(60.0, "--timeout", min=0.01, help="Seconds a connection may stay silent before "
+                                  "the attempt counts as failed."),
+    attempts: int = typer.Option(5, "--attempts", min=1, help="Tries per file (each resumes the last, with growing "
+                                 "waits between them)."),
+    fp16: bool = typer.Option(False, "--fp16", help="Store weights as float16 (half the size)."),
+):
+    """Download the official weights of a real-face pack and convert them into a stylecli pack, in one command.
+
+    Every file is checked (sha256 where published; otherwise the hash of the first download is recorded and
+    reported as not verified). Downloads resume after an interruption (run the command again), and stay in
+    DIR/downloads. Without a network, copy the files by hand into a folder and pass it with --from. No code from
+    any file is ever run.
+
+    Example: stylecli weights fetch ffhq-1024 && stylecli edit face.png -d smile --model ffhq-1024
+    """
+    import torch
+
+    from ..packs import catalogue
+    from ..packs.download import DownloadPolicy
+    from ..packs.fetch import FetchError, describe, fetch_pack
+
+    recipe = catalogue.CATALOGUE.get(name)
+    if recipe is None:
+        raise UsageError(f"no pack {name!r} in the catalogue; choose from {', '.join(catalogue.CATALOGUE)}")
+    if list_files:
+        results.print(f"{recipe.name}: {recipe.summary}", markup=False, highlight=False, soft_wrap=True)
+        for text in describe(recipe):
+            results.print(f"  {text}", markup=False, highlight=False, soft_wrap=True)
+        return
+    policy = DownloadPolicy(timeout=timeout, attempts=attempts)
+    try:
+        with _RichFetchReporter() as reporter:
+            pack, outcomes = fetch_pack(recipe, to, source, policy, reporter,
+                                        dtype=torch.float16 if fp16 else torch.float32)
+    except FetchError as exc:
+        raise UsageError(str(exc)) from None
+    for outcome in outcomes:
+        check = f" [{outcome.check}]" if outcome.check else ""
+        style = "yellow" if outcome.status.startswith(("kept", "skipped")) or outcome.check != "verified" else None
+        console.print(f"{outcome.entry.name}{check}: {outcome.status}", style=style, markup=False, highlight=False,
+                      soft_wrap=True)
+    for note in recipe.notes:
+        console.print(note, style="yellow", markup=False, highlight=False, soft_wrap=True)
+    console.print(f"wrote pack {escape(str(pack.root))} ({', '.join(pack.networks)})", markup=False,
+                  highlight=False, soft_wrap=True)

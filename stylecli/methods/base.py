@@ -18,7 +18,7 @@ import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 if TYPE_CHECKING:  # the spec stays importable without torch; only the implementations need it
     import torch
@@ -84,6 +84,9 @@ class ConverterSpec:
     detect: str    # "stylecli.module:function": path -> bool, True for a checkpoint of this method (reads no code)
     convert: str   # "stylecli.module:function": path -> ({pack network name: nn.Module}, {name: ConversionReport})
     formats: str   # what it reads, for --help (e.g. "e4e's e4e_ffhq_encode.pt")
+    into_pack: str | None = None  # "stylecli.module:function": (path, pack, dtype) -> None, for files without a
+                                  # generator that need more than their networks written into an existing pack
+                                  # (F/W+ fits its P-space whitening on the pack's mapping network); None: written as is
 
 
 @dataclass(frozen=True)
@@ -155,6 +158,9 @@ class Method(ABC):
     name: ClassVar[str]            # equals its spec's name
     resolution: int                # the size it inverts (the generator's)
     device: "torch.device"         # where it computes
+    # Set by a caller that shows progress; a method that optimises per image calls it after every step with
+    # (step, steps) of the images it is working on, so a long inversion shows more than a still bar.
+    on_step: "Callable[[int, int], None] | None" = None
 
     @classmethod
     @abstractmethod

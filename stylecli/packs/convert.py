@@ -4,6 +4,8 @@ Sources:
 - NVIDIA stylegan2-ada-pytorch / stylegan3 `.pkl` (StyleGAN2 networks): a pickle of "persistent" module objects whose
   metadata carries their source code. `SafeUnpickler` maps the reconstruct function to a stub that keeps only the
   recorded state and allows a short list of tensor/container constructors; anything else is refused.
+- NVIDIA's legacy TensorFlow `.pkl` (a (G, D, Gs) tuple of dnnlib.tflib Networks, e.g. stylegan2-ffhq-config-f.pkl):
+  recognised by `detect_format` and read by `tf_legacy.py` (its own allow-list and key rules).
 - rosinality stylegan2-pytorch `.pt`: a torch.save dict {g_ema, latent_avg, g?, d?}, read with weights_only=True.
 
 Tensors: each conversion walks a table of key rules. A rule names the destination tensor and the official layout of
@@ -490,7 +492,8 @@ def detect_format(path: Path) -> str:
     if head[:2] == b"PK":
         return "rosinality"          # torch.save zip archive
     if head[:1] == b"\x80":
-        return "nvidia-pkl"          # a pickle stream
+        from .tf_legacy import is_tf_pickle
+        return "nvidia-tf-pkl" if is_tf_pickle(path) else "nvidia-pkl"  # a pickle stream: TF (G, D, Gs) or PyTorch
     raise ConversionError(f"{path}: neither a NVIDIA .pkl nor a torch .pt checkpoint")
 
 
@@ -499,6 +502,9 @@ def convert_checkpoint(path: str | Path) -> Converted:
     if not path.is_file():
         raise ConversionError(f"{path}: no such file")
     fmt = detect_format(path)
+    if fmt == "nvidia-tf-pkl":
+        from .tf_legacy import convert_tf_pickle
+        return convert_tf_pickle(path)
     return _convert_nvidia(path) if fmt == "nvidia-pkl" else _convert_rosinality(path)
 
 

@@ -63,12 +63,17 @@ class PackError(Exception):
     """A pack is missing, malformed or fails verification."""
 
 
+def user_packs_folder() -> Path:
+    """The per-user folder of packs: ~/.cache/stylecli/packs ($XDG_CACHE_HOME/stylecli/packs when that is set)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stylecli" / "packs"
+
+
 def search_paths() -> list[Path]:
     """Folders searched for packs by name: $STYLECLI_WEIGHTS (os.pathsep-separated), the repository's weights/,
-    and the per-user folder ~/.cache/stylecli/packs."""
+    and the per-user folder (`user_packs_folder`)."""
     paths = [Path(p) for p in os.environ.get("STYLECLI_WEIGHTS", "").split(os.pathsep) if p]
     paths.append(PACKAGE_ROOT.parent / "weights")
-    paths.append(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "stylecli" / "packs")
+    paths.append(user_packs_folder())
     return paths
 
 

@@ -18,8 +18,9 @@ from .encoder import Encoder4Editing
 
 
 def is_e4e_checkpoint(data) -> bool:
+    # Its IR-SE stem (encoder.input_layer): SFE's files also keep networks under "encoder.".
     return isinstance(data, dict) and isinstance(data.get("state_dict"), dict) and \
-        any(k.startswith("encoder.") for k in data["state_dict"])
+        any(k.startswith("encoder.input_layer.") for k in data["state_dict"])
 
 
 def detect(path: Path) -> bool:

@@ -30,7 +30,8 @@ from ...data.loader import ImageSource
 from ...losses import LossNetworks
 from ...packs import Pack
 from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
-from ...train.distributed import all_mean, average_gradients, broadcast_module, init_distributed
+from ...train.common import open_run
+from ...train.distributed import all_mean, average_gradients, broadcast_module
 from ...train.export import load_run, step_run_record
 from ...train.optim import Ranger
 from . import NETWORK
@@ -114,14 +115,8 @@ def delta_loss(deltas: torch.Tensor, active: int) -> torch.Tensor:
 class E4ETrainer(StepTrainer):
     def __init__(self, cfg: E4ETrainingConfig, resume: bool = False):
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
-        self.ctx = init_distributed(torch.device(cfg.device))
-        if cfg.batch % self.ctx.world_size:
-            raise ValueError(f"--batch {cfg.batch} must divide by the {self.ctx.world_size} processes")
-        self.batch_per_rank = cfg.batch // self.ctx.world_size
+        self.run_dir, self.ctx, self.batch_per_rank, pack = open_run(cfg, ("generator",), "e4e training")
         dev = self.ctx.device
-        torch.manual_seed(cfg.seed)
-        pack = Pack.open(cfg.model)
         self.G = pack.generator(dev)
         self.losses = LossNetworks.from_pack(pack, dev)
         state = load_checkpoint(self.run_dir) if resume else None

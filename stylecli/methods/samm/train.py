@@ -25,7 +25,8 @@ from ...data.loader import ImageSource
 from ...losses import LossNetworks, style_distance
 from ...packs import Pack
 from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
-from ...train.distributed import all_mean, average_gradients, broadcast_module, init_distributed
+from ...train.common import open_run
+from ...train.distributed import all_mean, average_gradients, broadcast_module
 from ...train.export import load_run, step_run_record
 from . import BASE, NETWORK
 from .method import encode, samm_pass, scale_features
@@ -85,19 +86,11 @@ def mask_loss(mask: torch.Tensor, cap: float, binary_weight: float) -> torch.Ten
 class SAMMTrainer(StepTrainer):
     def __init__(self, cfg: SAMMTrainingConfig, resume: bool = False):
         self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
-        self.ctx = init_distributed(torch.device(cfg.device))
-        if cfg.batch % self.ctx.world_size:
-            raise ValueError(f"--batch {cfg.batch} must divide by the {self.ctx.world_size} processes")
         if cfg.ood_share + cfg.geometric_share > 1:
             raise ValueError("--ood-share and --geometric-share add up to more than 1")
-        self.batch_per_rank = cfg.batch // self.ctx.world_size
+        self.run_dir, self.ctx, self.batch_per_rank, pack = open_run(cfg, ("generator", BASE, "discriminator"),
+                                                                     "SAMM training")
         dev = self.ctx.device
-        torch.manual_seed(cfg.seed)
-        pack = Pack.open(cfg.model)
-        for network in ("generator", BASE, "discriminator"):
-            if not pack.has(network):
-                raise ValueError(f"pack {pack.name!r} has no {network}, which SAMM training needs")
         self.G = pack.generator(dev)
         self.E = pack.load(BASE, dev)
         self.losses = LossNetworks.from_pack(pack, dev)

@@ -1,0 +1,115 @@
+"""SFE inference: invert into (W+, F_k), edit both, synthesise from F_k.
+
+1. (w, F_pred) = Inverter(x); F_w = G's own feature at the F layer from w; F_k = Fuser(F_pred, F_w).
+2. Edit by (d, s): w' = w + s d; Delta = F(w_E) - F(w_E + s d), w_E the e4e code of x and F(.) G's feature at the F
+   layer; F_k' = H(F_k, Delta). Inversion is the same pass with s = 0 (Delta = 0), as in the paper.
+3. The image is synthesised from F_k' at the F layer, the later rows of w' driving the rest; the RGB skip entering
+   that block comes from w' (the official keeps the skip from lower resolutions).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ...packs import Pack
+from ..base import Inversion, Method, MethodUnavailable
+from ..e4e.method import encode
+from . import BASE, EDITOR, INVERTER
+
+
+def feature_layer(inverter) -> str:
+    """The synthesis layer whose output F_k replaces: the second conv of the block at F_k's size."""
+    return f"b{inverter.cfg.feature_size}.conv1"
+
+
+def generator_feature(G, ws: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """G's feature after `layer` ("b{r}.conv1") from ws [N, num_ws, w_dim], and the RGB skip entering block r."""
+    r = int(layer[1:].split(".")[0])
+    result = G.synthesis.synthesize(ws, capture=(layer, f"b{r // 2}.img"), stop_after=layer)
+    return result.features[layer], result.features[f"b{r // 2}.img"]
+
+
+def synthesize_from_feature(G, ws: torch.Tensor, feature: torch.Tensor, layer: str, skip: torch.Tensor) -> torch.Tensor:
+    """The image with `feature` [N, C, r, r] in place of `layer`'s output; ws rows after it drive the rest."""
+    return G.synthesis.synthesize(ws, start_after=layer, x=feature, img=skip).img
+
+
+def edit_delta(G, w_e4e: torch.Tensor, direction: torch.Tensor, strength, layer: str) -> torch.Tensor:
+    """Delta = F(w_E) - F(w_E + s d) [N, C, r, r]; `strength` a float or [N] per image."""
+    s = torch.as_tensor(strength, dtype=w_e4e.dtype, device=w_e4e.device).reshape(-1, 1, 1)
+    moved = w_e4e + s * direction
+    both = generator_feature(G, torch.cat([w_e4e, moved]), layer)[0]
+    return both[:len(w_e4e)] - both[len(w_e4e):]
+
+
+class SFEMethod(Method):
+    name = "sfe"
+
+    def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.G = pack.generator(device)
+        self.inverter = pack.load(INVERTER, device)
+        self.editor = pack.load(EDITOR, device)
+        self.E = pack.load(BASE, device).to(memory_format=torch.channels_last)  # see e4e's `encode`
+        self.layer = feature_layer(self.inverter)
+        self.resolution = self.G.img_resolution
+        cfg = self.inverter.cfg
+        wanted = (cfg.feature_channels, cfg.feature_size, cfg.feature_size)
+        if self.layer not in self.G.synthesis.layer_names or self.G.synthesis.feature_shape(self.layer) != wanted \
+                or (cfg.num_ws, cfg.w_dim) != (self.G.num_ws, self.G.w_dim):
+            raise MethodUnavailable(f"pack {pack.name!r}: its sfe_inverter (F_k {' x '.join(map(str, wanted))}, "
+                                    f"{cfg.num_ws} x {cfg.w_dim} codes) was made for another generator")
+
+    @classmethod
+    def load(cls, pack: Pack, device: str | torch.device = "cpu") -> "SFEMethod":
+        return cls(pack, device)
+
+    @torch.no_grad()
+    def invert(self, images: torch.Tensor) -> Inversion:
+        """images [N, 3, R, R] -> latents w_plus, f_k (the fused feature, before the editor) and w_e4e (the e4e
+        code that edits read Delta from), and the reconstruction G(H(F_k, 0), w)."""
+        assert images.ndim == 4 and images.shape[1:] == (3, self.resolution, self.resolution), \
+            f"expected [N, 3, {self.resolution}, {self.resolution}], got {tuple(images.shape)}"
+        x = images.to(self.device, torch.float32)
+        w_e4e, _ = encode(self.E, x)
+        if self.inverter.cfg.on_e4e:
+            w, f_pred = self.inverter(x, w_e4e, self.G.synthesis(w_e4e, noise_mode="const"))
+        else:
+            w, f_pred = self.inverter(x)
+        f_w, skip = generator_feature(self.G, w, self.layer)
+        f_k = self.inverter.fuse(f_pred, f_w)
+        image = synthesize_from_feature(self.G, w, self.editor(f_k, torch.zeros_like(f_k)), self.layer, skip)
+        back = lambda t: t.to(images.device)
+        return Inversion(latents={"w_plus": back(w), "f_k": back(f_k), "w_e4e": back(w_e4e)}, image=back(image))
+
+    def _codes(self, inversion: Inversion) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from ...latents import LatentError
+
+        latents = inversion.latents
+        missing = [k for k in ("f_k", "w_e4e") if k not in latents]
+        if missing:
+            raise LatentError(f"no {', '.join(missing)} in the latents (an sfe edit needs them); invert the image "
+                              f"again with --method sfe")
+        w, f_k, w_e4e = (latents[k].to(self.device, torch.float32) for k in ("w_plus", "f_k", "w_e4e"))
+        cfg = self.inverter.cfg
+        if f_k.shape[1:] != (cfg.feature_channels, cfg.feature_size, cfg.feature_size) or w_e4e.shape != w.shape:
+            raise LatentError(f"f_k {list(f_k.shape)} / w_e4e {list(w_e4e.shape)} do not fit this pack's SFE "
+                              f"(F_k {cfg.feature_channels} x {cfg.feature_size} x {cfg.feature_size})")
+        return w, f_k, w_e4e
+
+    @torch.no_grad()
+    def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
+        w, f_k, w_e4e = self._codes(inversion)
+        d = direction.to(self.device, w.dtype)
+        moved = w + strength * d
+        delta = edit_delta(self.G, w_e4e, d, strength, self.layer)
+        _, skip = generator_feature(self.G, moved, self.layer)
+        edited = self.editor(f_k, delta)
+        image = synthesize_from_feature(self.G, moved, edited, self.layer, skip)
+        # The edited codes edit on coherently: the next edit's Delta starts from the moved e4e code, on edited F_k.
+        device = inversion.latents["w_plus"].device
+        latents = {"w_plus": moved, "f_k": edited, "w_e4e": w_e4e + strength * d}
+        return Inversion(latents={k: v.to(device) for k, v in latents.items()}, image=image.to(device))
+
+    def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
+        return self.edit_inversion(inversion, direction, strength).image
