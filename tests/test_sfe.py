@@ -81,10 +81,10 @@ def test_the_feature_editor_starts_as_the_identity_and_its_delta_reaches_the_out
 def test_edit_delta_is_zero_without_an_edit_and_per_image(G):
     ws = G.mapping(torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(1)))
     d = torch.randn(G.num_ws, G.w_dim)
-    assert edit_delta(G, ws, d, 0.0, "b16.conv1").abs().max() == 0
-    per_image = edit_delta(G, ws, d, torch.tensor([0.0, 1.0, -1.0]), "b16.conv1")
+    assert edit_delta(G, ws, 0 * d, "b16.conv1").abs().max() == 0
+    per_image = edit_delta(G, ws, torch.tensor([0.0, 1.0, -1.0]).view(3, 1, 1) * d, "b16.conv1")
     assert per_image[0].abs().max() == 0 and per_image[1].abs().mean() > 0
-    torch.testing.assert_close(per_image[2:], edit_delta(G, ws[2:], d, -1.0, "b16.conv1"))
+    torch.testing.assert_close(per_image[2:], edit_delta(G, ws[2:], -d, "b16.conv1"))
 
 
 def tiny_config(tmp_path, **changes):
@@ -146,10 +146,15 @@ def test_the_method_inverts_and_edits_from_saved_codes(tmp_path):
     assert inv.latents["f_k"].shape == (2, G.synthesis.channels[16], 16, 16)
     assert inv.latents["w_e4e"].shape == inv.latents["w_plus"].shape
     d = torch.randn(G.num_ws, G.w_dim)
+    with torch.no_grad():  # a trained editor (not the identity start): chaining must hold whatever H does
+        for block in method.editor.encoder.body:
+            block.body[-1].weight.fill_(0.5)
+    inv = method.invert(x)
     edited = method.edit_inversion(inv, d, 1.5)
-    # Chained edits: +1.5 then -1.5 from the edited codes comes back (the identity editor on a phase-1 run).
-    back = method.edit(edited, d, -1.5)
-    torch.testing.assert_close(back, inv.image, atol=1e-4, rtol=0)
+    assert (edited.latents["w_offset"] - 1.5 * d).abs().max() < 1e-6
+    # Chained edits: +1.5 then -1.5 gives the inversion back; +1.5 twice is the +3 edit.
+    torch.testing.assert_close(method.edit(edited, d, -1.5), inv.image, atol=1e-5, rtol=0)
+    torch.testing.assert_close(method.edit(edited, d, 1.5), method.edit(inv, d, 3.0), atol=1e-5, rtol=0)
     from stylecli.latents import LatentError
     from stylecli.methods.base import Inversion
     with pytest.raises(LatentError, match="invert the image again with --method sfe"):

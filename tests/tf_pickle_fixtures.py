@@ -74,7 +74,7 @@ def conv_up(w):  # TF keeps the upsampling conv's kernel mirrored
 def tf_generator_variables(G: Generator) -> tuple[list, list, list]:
     """(Gs own variables, mapping variables, synthesis variables) in TF's names and layouts."""
     sd = G.state_dict()
-    own = [("dlatent_avg", _np(sd["mapping.w_avg"]))]
+    own = [("dlatent_avg", _np(sd["mapping.w_avg"])), ("lod", np.float32(0))]  # G_main's non-trainable lod too
     mapping = []
     for i in range(G.mapping.num_layers):
         mapping += [(f"Dense{i}/weight", dense(sd[f"mapping.fc{i}.weight"])), (f"Dense{i}/bias", _np(sd[f"mapping.fc{i}.bias"]))]

@@ -230,6 +230,8 @@ def attribute_regions(labels: list[dict] | None, attribute: str, resolution: int
     required = [n for n, f in FaceParams.__dataclass_fields__.items() if f.default is f.default_factory is MISSING]
     if attribute not in ATTRIBUTES or labels is None or any(n not in label for label in labels for n in required):
         return None
+    if any("transform" in label for label in labels):  # a moved head (`geometric`): rendered again, it would not
+        return None                                     # sit where the image has it
     low, high = ATTRIBUTES[attribute]
     regions = []
     for label in labels:

@@ -130,6 +130,8 @@ def convert_command(
         # A method's file without a generator (SFE, BDInvert) goes into a pack with the generator it was made for.
         from ..packs import Pack, PackError
         try:
+            if not dst.is_dir():  # a folder, not a pack name looked up elsewhere
+                raise PackError(f"{dst}: no such folder")
             pack = Pack.open(dst)
         except PackError:
             raise UsageError(f"{escape(str(src))} holds {method.name}'s networks but no generator: convert it into "

@@ -110,7 +110,8 @@ FFHQ_1024 = PackRecipe(
         CatalogueFile(
             name="sfe_editor_light.pt", urls=(f"{_SFE_HUB}/sfe_editor_light.pt",),
             role="SFE feature editor", licence="MIT (AIRI-Institute/StyleFeatureEditor)",
-            converter="method:sfe", sha256="ced3e79813ec6ff1418404576cc43e3c92849ab124ec87cd72be42dcb25311ea",
+            converter="method:sfe", networks=("sfe_editor",),  # the file may carry an inverter copy too
+            sha256="ced3e79813ec6ff1418404576cc43e3c92849ab124ec87cd72be42dcb25311ea",
             hash_source="the Hugging Face hub's listing"),
         LPIPS_ALEXNET,
         ARCFACE_IR_SE50,

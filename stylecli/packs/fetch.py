@@ -29,7 +29,7 @@ import torch
 from ..fileio import atomic_path
 from .catalogue import CatalogueFile, PackRecipe
 from .download import DownloadError, DownloadPolicy, download, file_sha256
-from .pack import MANIFEST, Pack, user_packs_folder, write_pack
+from .pack import MANIFEST, Pack, PackError, user_packs_folder, write_pack
 
 DOWNLOADS = "downloads"
 RECORDED = "recorded-sha256.json"
@@ -277,6 +277,9 @@ def convert_into_pack(recipe: PackRecipe, root: Path, outcomes: list[FileOutcome
             outcome.status = f"converted: {', '.join(networks)}"
         except (ConversionError, DirectionError) as exc:
             raise FetchError(" ".join(str(exc).split())) from None
+        except (PackError, OSError, ValueError, KeyError) as exc:  # a file that is not what the catalogue says
+            raise FetchError(f"{entry.name}: cannot be converted ({type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())})") from None
         reporter.line(f"{entry.name}: {outcome.status}")
     return Pack.open(root)
 

@@ -242,6 +242,8 @@ def tf_variables(net: TFNetworkStub, what: str, prefix: str = "") -> dict[str, n
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2 and isinstance(entry[0], str)):
             raise ConversionError(f"{what}: a variable entry of {net.name!r} is not (name, array)")
         name, value = entry
+        if isinstance(value, np.floating):  # a scalar variable (e.g. lod) comes out of the session as a numpy scalar
+            value = np.asarray(value)
         if not isinstance(value, np.ndarray) or value.dtype.kind != "f":
             raise ConversionError(f"{what}: variable {prefix + name!r} is not a float array")
         out[prefix + name] = value
@@ -290,7 +292,12 @@ def _noise_layer(index: int) -> str:
 _RES = r"(\d+)x\1"  # the scope of a block: "64x64"
 _GL = r"(Conv|Conv0_up|Conv1|ToRGB)"
 
+# Non-trainable bookkeeping a pickled network keeps with its variables: the level-of-detail input of progressive
+# growing (`lod`, 0 for a trained StyleGAN2). Nothing of the network's arithmetic: left out (report.ignored).
+_BOOKKEEPING = (r"(?:\w+/)*lod", lambda m: None, SAME)
+
 TF_G_RULES: list[TFRule] = [
+    _BOOKKEEPING,
     (r"dlatent_avg", lambda m: "mapping.w_avg", SAME),
     (r"mapping/Dense(\d+)/weight", lambda m: f"mapping.fc{m[1]}.weight", DENSE),
     (r"mapping/Dense(\d+)/bias", lambda m: f"mapping.fc{m[1]}.bias", SAME),
@@ -333,6 +340,9 @@ def fill_from_tf(dest: torch.nn.Module, source: dict[str, np.ndarray], rules: li
         else:
             raise ConversionError(f"{what}: no rule for TF variable {src_key!r}")
         dest_key = destination(match)
+        if dest_key is None:
+            report.ignored.append(src_key)
+            continue
         if dest_key not in target:
             raise ConversionError(f"{what}: {src_key!r} maps to {dest_key!r}, which the network does not have")
         if dest_key in filled:

@@ -29,6 +29,18 @@ def open_run(cfg, needs: tuple[str, ...], what: str) -> tuple[Path, DistContext,
     return Path(cfg.run_dir), ctx, cfg.batch // ctx.world_size, pack
 
 
+def trainable_discriminator(pack: Pack, device, batch: int, batch_per_rank: int) -> torch.nn.Module:
+    """The pack's discriminator to fine-tune beside a trained part (train mode, gradients off until its own step),
+    after checking that its minibatch-stddev groups tile each process's batch (a one-line ValueError: otherwise the
+    first adversarial step would fail deep inside D, hours into a run whose adversarial term starts late)."""
+    D = pack.load("discriminator", device).train().requires_grad_(False)
+    group = min(D.b4.mbstd.group_size, batch_per_rank)
+    if batch_per_rank % group:
+        raise ValueError(f"--batch {batch}: each process's batch ({batch_per_rank}) must divide by the "
+                         f"discriminator's minibatch-stddev group ({group}); use a multiple of {group}")
+    return D
+
+
 def image_discriminator_step(D: torch.nn.Module, opt: torch.optim.Optimizer, real: torch.Tensor, fake: torch.Tensor,
                              ctx: DistContext, step: int, r1_gamma: float, interval: int) -> torch.Tensor:
     """One step of an image discriminator fine-tuned beside a trained part (StyleGAN2's D objective):

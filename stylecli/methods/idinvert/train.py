@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from ...data.loader import ImageSource
 from ...losses import LossNetworks
 from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
-from ...train.common import image_discriminator_step, open_run
+from ...train.common import image_discriminator_step, open_run, trainable_discriminator
 from ...train.distributed import all_mean, average_gradients, broadcast_module
 from ...train.export import load_run, step_run_record
 from . import NETWORK
@@ -71,11 +71,7 @@ class IDInvertTrainer(StepTrainer):
         self.E.to(dev).train()
 
         # 3. The discriminator: the pack's, trainable; its minibatch-stddev groups must tile each process's batch.
-        self.D = pack.load("discriminator", dev).train().requires_grad_(False)
-        group = min(self.D.b4.mbstd.group_size, self.batch_per_rank)
-        if self.batch_per_rank % group:
-            raise ValueError(f"--batch {cfg.batch}: each process's batch ({self.batch_per_rank}) must divide by the "
-                             f"discriminator's minibatch-stddev group ({group}); use a multiple of {group}")
+        self.D = trainable_discriminator(pack, dev, cfg.batch, self.batch_per_rank)
         self.opt_E = torch.optim.Adam(self.E.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.source = ImageSource(cfg.data, self.G.img_resolution, seed=cfg.seed, rank=self.ctx.rank,

@@ -25,7 +25,7 @@ from ...data.loader import ImageSource
 from ...losses import LossNetworks, style_distance
 from ...packs import Pack
 from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
-from ...train.common import open_run
+from ...train.common import open_run, trainable_discriminator
 from ...train.distributed import all_mean, average_gradients, broadcast_module
 from ...train.export import load_run, step_run_record
 from . import BASE, NETWORK
@@ -111,11 +111,7 @@ class SAMMTrainer(StepTrainer):
             self.net = build_samm(self.G, self.E, scales, cfg)
         self.net.to(dev).train().requires_grad_(True)
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
-        self.D = pack.load("discriminator", dev).train().requires_grad_(False)
-        group = min(self.D.b4.mbstd.group_size, self.batch_per_rank)
-        if self.batch_per_rank % group:
-            raise ValueError(f"--batch {cfg.batch}: each process's batch ({self.batch_per_rank}) must divide by the "
-                             f"discriminator's minibatch-stddev group ({group}); use a multiple of {group}")
+        self.D = trainable_discriminator(pack, dev, cfg.batch, self.batch_per_rank)
         # The progressive schedule is fixed when a run starts (a resumed run with other --steps keeps it).
         self.schedule = (state or {}).get("schedule") or (
             cfg.progressive_start if cfg.progressive_start is not None else int(cfg.steps * 0.1),

@@ -32,7 +32,7 @@ _EDITOR_PREFIX = re.compile(r"encoder\.(conv|body)\.")
 def _state(path: Path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as exc:
+    except Exception as exc:  # weights-only unpickling refuses anything that would run code
         raise ConversionError(f"{path}: not a weights-only torch checkpoint ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict) or not isinstance(data.get("state_dict"), dict):
         raise ConversionError(f"{path}: no state_dict")
@@ -73,7 +73,8 @@ def infer_inverter_config(sd: dict[str, torch.Tensor]) -> dict:
     blocks = len({int(m[1]) for key in sd if (m := re.match(r"fuser\.body\.(\d+)\.", key))})
     return dict(input_size=256, stem=int(sd["fs_backbone.conv.0.weight"].shape[0]), widths=widths, units=units,
                 strides=[2, 2, 1, 2], pool=pool, w_dim=int(sd["fs_backbone.styles.0.weight"].shape[0]), num_ws=num_ws,
-                feature_channels=int(sd["fs_backbone.content_layer.1.weight"].shape[0]), fuser_blocks=blocks)
+                feature_channels=int(sd["fs_backbone.content_layer.1.weight"].shape[0]), fuser_blocks=blocks,
+                resize="bilinear")
 
 
 def convert(path: Path) -> tuple[dict, dict[str, ConversionReport]]:
@@ -82,6 +83,8 @@ def convert(path: Path) -> tuple[dict, dict[str, ConversionReport]]:
     data = _state(path)
     inverter_sd, editor_sd = _parts(data["state_dict"])
     networks, reports = {}, {}
+    if inverter_sd and "latent_avg" not in data and editor_sd:
+        inverter_sd = {}  # a full checkpoint's copy of the inverter, without the code average it needs: the editor only
     if inverter_sd:
         if "latent_avg" not in data:
             raise ConversionError(f"{path}: an SFE inverter without latent_avg")

@@ -34,10 +34,9 @@ def synthesize_from_feature(G, ws: torch.Tensor, feature: torch.Tensor, layer: s
     return G.synthesis.synthesize(ws, start_after=layer, x=feature, img=skip).img
 
 
-def edit_delta(G, w_e4e: torch.Tensor, direction: torch.Tensor, strength, layer: str) -> torch.Tensor:
-    """Delta = F(w_E) - F(w_E + s d) [N, C, r, r]; `strength` a float or [N] per image."""
-    s = torch.as_tensor(strength, dtype=w_e4e.dtype, device=w_e4e.device).reshape(-1, 1, 1)
-    moved = w_e4e + s * direction
+def edit_delta(G, w_e4e: torch.Tensor, offset: torch.Tensor, layer: str) -> torch.Tensor:
+    """Delta = F(w_E) - F(w_E + offset) [N, C, r, r], offset the edit in W+ ([N or 1, num_ws, w_dim], e.g. s d)."""
+    moved = w_e4e + offset
     both = generator_feature(G, torch.cat([w_e4e, moved]), layer)[0]
     return both[:len(w_e4e)] - both[len(w_e4e):]
 
@@ -82,7 +81,8 @@ class SFEMethod(Method):
         back = lambda t: t.to(images.device)
         return Inversion(latents={"w_plus": back(w), "f_k": back(f_k), "w_e4e": back(w_e4e)}, image=back(image))
 
-    def _codes(self, inversion: Inversion) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _codes(self, inversion: Inversion) -> tuple[torch.Tensor, ...]:
+        """(the inversion's own W+ code, F_k, w_E, the edit offset applied so far) from its latents."""
         from ...latents import LatentError
 
         latents = inversion.latents
@@ -91,24 +91,29 @@ class SFEMethod(Method):
             raise LatentError(f"no {', '.join(missing)} in the latents (an sfe edit needs them); invert the image "
                               f"again with --method sfe")
         w, f_k, w_e4e = (latents[k].to(self.device, torch.float32) for k in ("w_plus", "f_k", "w_e4e"))
+        offset = latents.get("w_offset")
+        offset = torch.zeros_like(w) if offset is None else offset.to(self.device, torch.float32)
         cfg = self.inverter.cfg
-        if f_k.shape[1:] != (cfg.feature_channels, cfg.feature_size, cfg.feature_size) or w_e4e.shape != w.shape:
-            raise LatentError(f"f_k {list(f_k.shape)} / w_e4e {list(w_e4e.shape)} do not fit this pack's SFE "
-                              f"(F_k {cfg.feature_channels} x {cfg.feature_size} x {cfg.feature_size})")
-        return w, f_k, w_e4e
+        if f_k.shape[1:] != (cfg.feature_channels, cfg.feature_size, cfg.feature_size) or w_e4e.shape != w.shape \
+                or offset.shape != w.shape:
+            raise LatentError(f"f_k {list(f_k.shape)} / w_e4e {list(w_e4e.shape)} / w_offset {list(offset.shape)} do "
+                              f"not fit this pack's SFE (F_k {cfg.feature_channels} x {cfg.feature_size} x "
+                              f"{cfg.feature_size}, codes {list(w.shape)})")
+        return w - offset, f_k, w_e4e, offset
 
     @torch.no_grad()
     def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
-        w, f_k, w_e4e = self._codes(inversion)
-        d = direction.to(self.device, w.dtype)
-        moved = w + strength * d
-        delta = edit_delta(self.G, w_e4e, d, strength, self.layer)
+        """The edit by `strength` x `direction` on top of any edit the inversion already carries (`w_offset`): the
+        editor always sees the inversion's own F_k and the whole offset, as in training, so edits chain and an
+        edit undone gives the inversion back."""
+        w, f_k, w_e4e, offset = self._codes(inversion)
+        total = offset + strength * direction.to(self.device, w.dtype)
+        moved = w + total
+        delta = edit_delta(self.G, w_e4e, total, self.layer)
         _, skip = generator_feature(self.G, moved, self.layer)
-        edited = self.editor(f_k, delta)
-        image = synthesize_from_feature(self.G, moved, edited, self.layer, skip)
-        # The edited codes edit on coherently: the next edit's Delta starts from the moved e4e code, on edited F_k.
+        image = synthesize_from_feature(self.G, moved, self.editor(f_k, delta), self.layer, skip)
         device = inversion.latents["w_plus"].device
-        latents = {"w_plus": moved, "f_k": edited, "w_e4e": w_e4e + strength * d}
+        latents = {"w_plus": moved, "f_k": f_k, "w_e4e": w_e4e, "w_offset": total.expand_as(moved).contiguous()}
         return Inversion(latents={k: v.to(device) for k, v in latents.items()}, image=image.to(device))
 
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:

@@ -35,6 +35,8 @@ class InverterConfig:
     num_ws: int = 10                     # rows of W+
     feature_channels: int = 128          # channels of F_k (the generator's at the F layer)
     fuser_blocks: int = 2                # residual blocks of the fuser (the official: 5)
+    resize: str = "area"                 # how images of another size reach input_size when shrunk: "area" (no
+                                         # aliasing of fine detail) or "bilinear" (the official's, for its weights)
     on_e4e: bool = False                 # build on the pack's e4e inversion (docs/sfe.md): the backbone also reads the
                                          # residual x - G(w_E), the w head predicts a correction to w_E (zero at the
                                          # start); False: the official (x alone, codes around latent_avg)
@@ -43,7 +45,7 @@ class InverterConfig:
     def official(cls) -> "InverterConfig":
         """The released inverter: IResNet-50 at 256 px, F_k 512 x 64 x 64, 18 x 512 codes."""
         return cls(input_size=256, stem=64, widths=(64, 128, 256, 512), units=(3, 4, 14, 3), strides=(2, 2, 1, 2),
-                   pool=3, w_dim=512, num_ws=18, feature_channels=512, fuser_blocks=5)
+                   pool=3, w_dim=512, num_ws=18, feature_channels=512, fuser_blocks=5, resize="bilinear")
 
     @property
     def feature_size(self) -> int:
@@ -188,9 +190,9 @@ class Inverter(nn.Module):
             assert y_e4e.shape == x.shape, f"y_e4e {tuple(y_e4e.shape)} vs x {tuple(x.shape)}"
             x = torch.cat([x, x - y_e4e], dim=1)
         if x.shape[-1] != cfg.input_size:
-            # The official resizes bilinearly to 256; a downscale by area keeps fine detail without aliasing.
-            mode = "area" if x.shape[-1] > cfg.input_size else "bilinear"
-            x = F.interpolate(x, size=(cfg.input_size, cfg.input_size), mode=mode)
+            mode = cfg.resize if x.shape[-1] > cfg.input_size else "bilinear"
+            x = F.interpolate(x, size=(cfg.input_size, cfg.input_size), mode=mode,
+                              **({} if mode == "area" else {"align_corners": False}))
         w, f_pred = self.fs_backbone(x)
         assert f_pred.shape[1:] == (cfg.feature_channels, cfg.feature_size, cfg.feature_size)
         return w + (w_e4e if given else self.latent_avg), f_pred

@@ -28,7 +28,7 @@ from ...directions import load_directions
 from ...losses import LossNetworks
 from ...packs import Pack
 from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
-from ...train.common import image_discriminator_step, open_run
+from ...train.common import image_discriminator_step, open_run, trainable_discriminator
 from ...train.distributed import all_mean, average_gradients, broadcast_module
 from ...train.export import load_run, step_run_record
 from ...train.optim import Ranger
@@ -112,7 +112,7 @@ class SFETrainer(StepTrainer):
                 raise ValueError(f"pack {pack.name!r} has no edit directions for the editor phase")
             self.editor = FeatureEditor(icfg.feature_channels, cfg.editor_blocks).to(dev).train()
             self.trained = self.editor
-        self.D = pack.load("discriminator", dev).train().requires_grad_(False)
+        self.D = trainable_discriminator(pack, dev, cfg.batch, self.batch_per_rank)
         self.opt = Ranger(self.trained.parameters(), lr=cfg.lr)
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=(0.9, 0.999))
         self.source = ImageSource(cfg.data, self.G.img_resolution, seed=cfg.seed, rank=self.ctx.rank,
@@ -121,7 +121,7 @@ class SFETrainer(StepTrainer):
         # The schedule (adversarial start, F_k blend) is fixed when a run starts: a resume with other --steps keeps it.
         self.schedule = (state or {}).get("schedule") or (
             cfg.adv_start if cfg.adv_start is not None else int(cfg.steps * 0.37),
-            cfg.blend_steps if cfg.blend_steps is not None else int(cfg.steps * 0.27))
+            cfg.blend_steps if cfg.blend_steps is not None else 0 if cfg.init is not None else int(cfg.steps * 0.27))
         self.step, self.elapsed = 0, 0.0
         self.log = MetricsLog(self.run_dir / "metrics.jsonl")
         self.pack_name = pack.name
@@ -217,7 +217,7 @@ class SFETrainer(StepTrainer):
             w_e4e, _ = encode(self.E, x)
             x_e = self.G.synthesis(w_e4e, noise_mode="const")
             x_e_edit = self.G.synthesis(w_e4e + s * d, noise_mode="const")
-            delta = edit_delta(self.G, w_e4e, d, strength.to(x.device), self.layer)
+            delta = edit_delta(self.G, w_e4e, s * d, self.layer)
             # The frozen inverter on the e4e reconstruction and on the real image.
             both = torch.cat([x_e, x])
             w_all, f_pred = self.invert(both)
@@ -254,7 +254,7 @@ class SFETrainer(StepTrainer):
 
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
 _FIXED_ON_RESUME = ("phase", "model", "data", "inverter", "init", "batch", "lr", "feature_size", "max_strength",
-                    "seed")
+                    "inverter_config", "editor_blocks", "seed")
 
 
 def _trained(source: str, network: str):
