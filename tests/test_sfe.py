@@ -65,17 +65,14 @@ def test_an_inverter_on_e4e_starts_from_e4es_code_and_reads_its_residual(G):
         inv(x)
 
 
-def test_the_feature_editor_starts_as_the_identity_and_its_delta_reaches_the_output():
+def test_the_feature_editor_starts_by_carrying_e4es_feature_change_over():
     H = FeatureEditor(16, 2).eval()
-    f = torch.randn(2, 16, 8, 8)
-    torch.testing.assert_close(H(f, torch.randn_like(f)), f)  # edits nothing at the start, whatever Delta
-    # Delta's half of the 1x1 conv starts at zero but still gets gradients (they scale with Delta itself).
-    out = H(f, torch.ones_like(f))
+    f, delta = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
+    torch.testing.assert_close(H(f, torch.zeros_like(f)), f)  # no edit: F_k as it is
+    torch.testing.assert_close(H(f, delta), f - delta)       # F_k + F(w_E + d) - F(w_E)
+    out = H(f, delta)
     out.sum().backward()
-    assert H.encoder.conv.weight.grad[:, 16:].abs().sum() > 0
-    with torch.no_grad():
-        H.encoder.conv.weight[:, 16:].normal_()
-    assert (H(f, torch.randn_like(f)) - H(f, torch.zeros_like(f))).abs().mean() > 1e-3
+    assert H.encoder.conv.weight.grad[:, 16:].abs().sum() > 0 and H.encoder.body[0].body[-1].weight.grad.abs().sum() > 0
 
 
 def test_edit_delta_is_zero_without_an_edit_and_per_image(G):
@@ -109,7 +106,7 @@ def test_phase_one_trains_resumes_exactly_and_exports_an_inverting_pack(tmp_path
     for k, v in straight.inverter.state_dict().items():
         torch.testing.assert_close(resumed.inverter.state_dict()[k], v, msg=k)
     networks, record = sfe_from_run(tmp_path / "run")
-    assert set(networks) == {INVERTER, EDITOR} and record["steps"] == 3 and "identity" in record["editor"]
+    assert set(networks) == {INVERTER, EDITOR} and record["steps"] == 3 and "not trained" in record["editor"]
     with pytest.raises(ValueError, match="--resume continues a run with its own settings"):
         SFETrainer(dataclasses.replace(cfg, lr=1e-3), resume=True)
 

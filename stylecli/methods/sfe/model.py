@@ -109,14 +109,17 @@ class Fuser(nn.Module):
             x = x + block(x)
         return x
 
-    def start_as_input(self, index: int) -> None:
-        """Initialise to pass input `index` (0: first, 1: second) through unchanged: the 1x1 conv takes it as is and
-        every block's last BN starts at zero, so the residual blocks start as identities. The editor starts as "edit
-        nothing" (F_k), the fuser as the generator's own F_w: training starts from the W+ reconstruction."""
+    def start_as(self, first: float, second: float) -> None:
+        """Initialise to output first * input1 + second * input2: the 1x1 conv holds those two multiples of the
+        identity and every block's last BN starts at zero, so the residual blocks start as identities. The fuser
+        starts as the generator's own F_w (0, 1): training starts from the W+ reconstruction; the editor as
+        F_k - Delta (1, -1), i.e. F_k plus the change e4e's edit makes at that layer: training starts from "edit the
+        feature as e4e's edit would"."""
         c = self.conv.out_channels
         with torch.no_grad():
             self.conv.weight.zero_()
-            self.conv.weight[:, index * c:(index + 1) * c, 0, 0].copy_(torch.eye(c))
+            self.conv.weight[:, :c, 0, 0].copy_(torch.eye(c) * first)
+            self.conv.weight[:, c:, 0, 0].copy_(torch.eye(c) * second)
             self.conv.bias.zero_()
             for block in self.body:
                 nn.init.zeros_(block.body[-1].weight)
@@ -202,13 +205,14 @@ class Inverter(nn.Module):
 
 
 class FeatureEditor(nn.Module):
-    """H: F_k' = encoder(cat[F_k, Delta]); starts as the identity on F_k (`Fuser.start_as_input`)."""
+    """H: F_k' = encoder(cat[F_k, Delta]); starts as F_k - Delta, e4e's feature change carried over to F_k
+    (`Fuser.start_as`): the identity when Delta = 0."""
 
     def __init__(self, channels: int, blocks: int = 2):
         super().__init__()
         self.config = dict(channels=channels, blocks=blocks)
         self.encoder = Fuser(channels, blocks)
-        self.encoder.start_as_input(0)
+        self.encoder.start_as(1.0, -1.0)
 
     def forward(self, f_k: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
         """f_k, delta [N, C, H, W] -> the edited F_k [N, C, H, W]."""

@@ -14,15 +14,15 @@ class SFETrainingConfig:
     run_dir: str
     phase: str = setting("inverter", "'inverter' (phase 1: the inverter, from scratch or --init) or 'editor' "
                                      "(phase 2: the feature editor on a frozen inverter, see --inverter).")
-    model: str = setting("synthface-64", "Pack with the frozen generator, e4e encoder (phase 2), discriminator and "
-                                         "loss networks.")
+    model: str = setting("synthface-64", "Pack with the frozen generator and e4e encoder, the discriminator and "
+                                         "the loss networks.")
     data: str = setting("synth", "'synth' (train-stream faces rendered on the fly) or a folder of aligned face "
                                  "images.")
     inverter: str | None = setting(None, "Phase 2: the trained inverter, a phase-1 run folder or a pack (default: "
                                          "--model's).")
     init: str | None = setting(None, "Phase 1: start the inverter from this sfe run folder or pack.")
     batch: int = setting(8, "Total batch size over all processes.", min=1)
-    steps: int = setting(6000, "Optimisation steps.", min=1)
+    steps: int = setting(2000, "Optimisation steps.", min=1)
     lr: float = setting(2e-4, "Ranger learning rate of the inverter or the editor (the paper's).", min=0)
     feature_size: int = setting(16, "Phase 1 from scratch: the generator resolution whose second conv F_k replaces "
                                     "(16 or 32 at 64 px; the official 64 at 1024 px).", min=4)
@@ -60,8 +60,8 @@ SPEC = MethodSpec(
                             "editor (e4e edits as targets).",
         config=SFETrainingConfig, trainer="stylecli.methods.sfe.train:SFETrainer",
         export="stylecli.methods.sfe.train:sfe_from_run",
-        example="stylecli train sfe --phase inverter --steps 6000 --run-dir runs/sfe-1 && "
-                "stylecli train sfe --phase editor --inverter runs/sfe-1 --run-dir runs/sfe-2"),
+        example="stylecli train sfe --phase inverter --run-dir runs/sfe-1 && "
+                "stylecli train sfe --phase editor --inverter runs/sfe-1 --steps 800 --run-dir runs/sfe-2"),
     converter=ConverterSpec(detect="stylecli.methods.sfe.convert:detect",
                             convert="stylecli.methods.sfe.convert:convert",
                             formats="SFE's sfe_inverter_light.pt and sfe_editor_light.pt"),

@@ -90,7 +90,7 @@ class SFETrainer(StepTrainer):
         else:
             self.inverter = Inverter(**inverter_config_for(self.G, cfg.feature_size,
                                                            {"on_e4e": True, **cfg.inverter_config}))
-            self.inverter.fuser.start_as_input(1)  # F_k = F_w at the start
+            self.inverter.fuser.start_as(0.0, 1.0)  # F_k = F_w at the start
             with torch.no_grad():
                 self.inverter.latent_avg.copy_(self.G.w_avg.expand(self.G.num_ws, -1))
         self.layer = feature_layer(self.inverter)
@@ -269,15 +269,15 @@ def _trained(source: str, network: str):
 
 def sfe_from_run(run_dir: Path) -> tuple[dict, dict]:
     """{"sfe_inverter", "sfe_editor"} from a run folder, with the training record. A phase-1 run gives its inverter
-    and the editor's identity start (edits then move only the W+ rows after F_k: the paper's inverter-only
-    ablation), so its pack inverts and edits before phase 2 has run."""
+    and the editor's start (F_k - Delta: e4e's feature change carried over to F_k), so its pack inverts and edits
+    before phase 2 has run."""
     state = load_run(run_dir)
     inverter = Inverter(**state["inverter_config"])
     record = step_run_record(run_dir, state, "stylecli train sfe")
     if state["phase"] == "inverter":
         inverter.load_state_dict(state["trained"])
         editor = FeatureEditor(inverter.cfg.feature_channels, state["config"]["editor_blocks"])
-        record["editor"] = "identity (not trained: a phase-1 run)"
+        record["editor"] = "not trained (a phase-1 run): its start, F_k - Delta, e4e's feature change carried over"
     else:
         inverter.load_state_dict(state["inverter"])
         editor = FeatureEditor(**state["editor_config"])
