@@ -176,14 +176,19 @@ class SFETrainer(StepTrainer):
         self.step += 1
         return {k: float(all_mean(v.detach(), self.ctx)) for k, v in stats.items()}
 
-    def invert(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The inverter's (w, F_pred) for x (with e4e's inversion of x when the inverter builds on it)."""
-        if not self.inverter.cfg.on_e4e:
-            return self.inverter(x)
+    def e4e_inversion(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """e4e's code of x and its reconstruction G(w_E)."""
         with torch.no_grad():
             w_e4e, _ = encode(self.E, x)
-            y_e4e = self.G.synthesis(w_e4e, noise_mode="const")
-        return self.inverter(x, w_e4e, y_e4e)
+            return w_e4e, self.G.synthesis(w_e4e, noise_mode="const")
+
+    def invert(self, x: torch.Tensor, e4e: tuple[torch.Tensor, torch.Tensor] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The inverter's (w, F_pred) for x, with e4e's inversion of x when the inverter builds on it (`e4e`: one
+        already computed, else computed here)."""
+        if not self.inverter.cfg.on_e4e:
+            return self.inverter(x)
+        return self.inverter(x, *(e4e if e4e is not None else self.e4e_inversion(x)))
 
     def inverter_step(self, x: torch.Tensor) -> dict:
         cfg = self.cfg
@@ -214,13 +219,16 @@ class SFETrainer(StepTrainer):
             strength = (torch.rand(n, generator=self.edit_rng) * 2 - 1) * cfg.max_strength
             d = self.directions[pick.to(self.directions.device)]
             s = strength.to(x.device).view(n, 1, 1)
-            w_e4e, _ = encode(self.E, x)
-            x_e = self.G.synthesis(w_e4e, noise_mode="const")
+            w_e4e, x_e = self.e4e_inversion(x)
             x_e_edit = self.G.synthesis(w_e4e + s * d, noise_mode="const")
             delta = edit_delta(self.G, w_e4e, s * d, self.layer)
-            # The frozen inverter on the e4e reconstruction and on the real image.
+            # The frozen inverter on the e4e reconstruction and on the real image (whose e4e inversion is at hand).
             both = torch.cat([x_e, x])
-            w_all, f_pred = self.invert(both)
+            e4e = None
+            if self.inverter.cfg.on_e4e:
+                w_of_x_e, y_of_x_e = self.e4e_inversion(x_e)
+                e4e = (torch.cat([w_of_x_e, w_e4e]), torch.cat([y_of_x_e, x_e]))
+            w_all, f_pred = self.invert(both, e4e)
             f_w, _ = generator_feature(self.G, w_all, self.layer)
             f_k_all = self.inverter.fuse(f_pred, f_w)
             w_edit = w_all[:n] + s * d
