@@ -296,6 +296,9 @@ class RendererEdit:
 
 def test_edit_locality_is_measured_outside_the_renderers_own_edit_region():
     from stylecli.bench.inversion import attribute_regions
+    from stylecli.data.render import ATTRIBUTES
+    from stylecli.data.sets import rerender
+    from stylecli.imageio import image_to_tensor
 
     data = load_set("indomain", 3, RESOLUTION)
     regions = attribute_regions(data.labels, "smile", RESOLUTION)
@@ -304,6 +307,15 @@ def test_edit_locality_is_measured_outside_the_renderers_own_edit_region():
     assert 0.005 < area < 0.5  # the mouth and its margin, not the whole face
     assert attribute_regions(data.labels, "no_such_attribute", RESOLUTION) is None
     assert attribute_regions(None, "smile", RESOLUTION) is None
+    # A moved head's region moves with it: the renderer's edit of that very image stays inside it.
+    moved = load_set("geometric", 3, RESOLUTION)
+    moved_regions = attribute_regions(moved.labels, "smile", RESOLUTION)
+    assert 0.005 < moved_regions.float().mean() < 0.5
+    assert not torch.equal(moved_regions, regions)
+    smiling = torch.cat([image_to_tensor(rerender(label, RESOLUTION, smile=ATTRIBUTES["smile"][1]))
+                         for label in moved.labels])
+    changed = (smiling - moved.images).abs().amax(dim=1, keepdim=True) > 2 / 255
+    assert changed.any() and not (changed & ~moved_regions).any()
 
     directions = {"smile": SimpleNamespace(vector=None, info={"attribute": "smile"})}
     local, = evaluate_editing(RendererEdit(list(data.labels)), domain_losses(), directions, 3, strength=2.0)

@@ -225,13 +225,12 @@ def _edit_row(name: str, target: str, base: torch.Tensor, edited: torch.Tensor, 
 def attribute_regions(labels: list[dict] | None, attribute: str, resolution: int, margin: int = 2
                       ) -> torch.Tensor | None:
     """Where the renderer's own edit of `attribute` changes each face ([N, 1, R, R] bool): the pixels that differ
-    between the face and its renders at the attribute's two extremes (glasses on and off), grown by `margin` pixels.
-    None when the labels cannot be rendered again (not renderer labels) or the renderer has no such attribute."""
+    between the face and its renders at the attribute's two extremes (glasses on and off), grown by `margin` pixels;
+    a moved head (`geometric`) is rendered again where the image has it, with its recorded transform. None when the
+    labels cannot be rendered again (not renderer labels) or the renderer has no such attribute."""
     required = [n for n, f in FaceParams.__dataclass_fields__.items() if f.default is f.default_factory is MISSING]
     if attribute not in ATTRIBUTES or labels is None or any(n not in label for label in labels for n in required):
         return None
-    if any("transform" in label for label in labels):  # a moved head (`geometric`): rendered again, it would not
-        return None                                     # sit where the image has it
     low, high = ATTRIBUTES[attribute]
     regions = []
     for label in labels:

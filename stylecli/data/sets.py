@@ -163,9 +163,11 @@ def _read_labels(folder: Path) -> dict[str, dict] | None:
 
 
 def rerender(label: dict, resolution: int = 64, **changes) -> Image.Image:
-    """A plain face rendered again from its label with some parameters changed: the renderer's exact edit."""
+    """A plain or moved (`geometric`) face rendered again from its label with some parameters changed: the renderer's
+    exact edit."""
     fields = FaceParams.__dataclass_fields__
-    return render(FaceParams(**{k: v for k, v in {**label, **changes}.items() if k in fields}), resolution)
+    params = FaceParams(**{k: v for k, v in {**label, **changes}.items() if k in fields})
+    return render_moved(params, resolution, label["transform"]) if "transform" in label else render(params, resolution)
 
 
 # --- out-of-domain additions -------------------------------------------------------------------------------------
@@ -258,11 +260,17 @@ def _texture(S: int, rng: np.random.Generator) -> Image.Image:
 def _render_geometric(p: FaceParams, resolution: int, rng: np.random.Generator, extent: float = 1.0):
     """Translate, rotate and scale the head (not the background) by up to `extent` of the set's range; the
     transform is recorded."""
-    S = resolution * SUPERSAMPLE
     e = extent
     transform = {"dx": float(rng.uniform(-0.12, 0.12) * e), "dy": float(rng.uniform(-0.1, 0.1) * e),
                  "angle": float(rng.uniform(-25, 25) * e), "scale": float(rng.uniform(0.8, 1.2))}
     transform["scale"] = 1 + (transform["scale"] - 1) * e if e != 1 else transform["scale"]
+    return render_moved(p, resolution, transform), transform
+
+
+def render_moved(p: FaceParams, resolution: int, transform: dict) -> Image.Image:
+    """The face with its head (not the background) moved by a recorded `transform` (dx, dy in canvas units, angle
+    in degrees, scale), about the canvas centre."""
+    S = resolution * SUPERSAMPLE
     face = render_face_layer(p, S)
     # Rotate and scale about the canvas centre, then shift; PIL's affine maps output to input coordinates.
     a = math.radians(transform["angle"])
@@ -274,4 +282,4 @@ def _render_geometric(p: FaceParams, resolution: int, rng: np.random.Generator, 
     moved = face.transform((S, S), Image.AFFINE, coeffs, resample=Image.BICUBIC)
     scene = render_background(p, S)
     scene.paste(moved, (0, 0), moved)
-    return finish(p, scene, resolution), transform
+    return finish(p, scene, resolution)
