@@ -23,6 +23,14 @@ strengths comparable across attributes and packs.
   lat_mean, lat_stdev; and named edits (component, rows, value) as e4e's and SFE's editors list them),
   IDInvert boundaries (.npy holding {'boundary': (1, num_ws, w_dim), 'meta_data': {'manipulate_layers': [...]}},
   read without unpickling code).
+- learned (`stylecli.edits.LearnedEdit`, trained by `stylecli directions learn`): a small network per attribute that
+  maps a code and a strength to the edited code; its `vector` is that network. Stored in its own file
+  learned_NAME.safetensors (listed in the manifest's directions with kind "learned" and its file), refused in one
+  line when its shapes do not fit the pack's generator.
+
+Every direction made in a pack carries its measured effect (`measure_effects`: target change, largest drift of
+another attribute, identity kept, at strengths +-1 and +-2, on the e4e codes of held-out faces), which `directions
+list` shows.
 """
 
 from __future__ import annotations
@@ -30,9 +38,10 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -44,6 +53,9 @@ from .fileio import atomic_path
 from .losses import AttributeKind, attribute_kinds
 from .packs.pack import MANIFEST, Pack, sha256_of
 
+if TYPE_CHECKING:
+    from .edits import LearnedEdit
+
 FILE = "directions.safetensors"
 
 
@@ -54,16 +66,41 @@ class DirectionError(Exception):
 @dataclass
 class Direction:
     name: str
-    vector: torch.Tensor                  # [num_ws, w_dim]
-    kind: str                             # interfacegan | ganspace | import
+    vector: "torch.Tensor | LearnedEdit"  # [num_ws, w_dim] added strength times; for kind "learned" the network
+                                          # (`stylecli.edits.LearnedEdit`), which every method's edit takes alike
+    kind: str                             # interfacegan | ganspace | import | learned
     info: dict = field(default_factory=dict)
+
+    @property
+    def learned(self) -> bool:
+        return self.kind == LEARNED
+
+
+LEARNED = "learned"
+LINEAR_SUFFIX = "-linear"   # a linear direction replaced by a learned one of its name is kept as NAME-linear
+_LEARNED_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def learned_file(name: str) -> str:
+    """The pack file of learned direction `name`."""
+    return f"learned_{name}.safetensors"
+
+
+def unit(direction: Direction) -> str:
+    """What strength 1 means for a direction, in words (`directions list`, --help)."""
+    if direction.learned:
+        attribute = direction.info.get("attribute", direction.name)
+        return (f"1 std of {attribute} (+ adds, - removes)" if direction.info.get("binary") else
+                f"1 std of {attribute}")
+    if direction.kind in ("interfacegan", "ganspace"):
+        return "1 std of W along it"
+    return "as imported (added to W+)"
 
 
 # --- storage in a pack ---------------------------------------------------------------------------------------------
 
-def load_directions(pack: Pack) -> dict[str, Direction]:
-    """The pack's directions ({} when it has none). The file is checked like every pack file (listed, size, sha256);
-    a damaged one is a DirectionError in one line."""
+def _linear_directions(pack: Pack) -> dict[str, Direction]:
+    """The directions of the pack's directions.safetensors ({} when it has none)."""
     if not (pack.root / FILE).is_file():
         return {}
     try:
@@ -77,30 +114,224 @@ def load_directions(pack: Pack) -> dict[str, Direction]:
         raise DirectionError(f"pack {pack.name!r}: its {FILE} cannot be read ({reason})") from None
 
 
+def _learned_entries(pack: Pack) -> dict[str, dict]:
+    entries = pack.manifest.get("directions", {})
+    return {name: e for name, e in (entries.items() if isinstance(entries, dict) else [])
+            if isinstance(e, dict) and e.get("kind") == LEARNED}
+
+
+_code_shapes: dict[tuple, tuple[int, int]] = {}
+
+
+def code_shape(pack: Pack) -> tuple[int, int]:
+    """(num_ws, w_dim) of the codes the pack's generator takes: the generator built from its manifest entry (class and
+    config; no weights read), once per pack folder and generator file."""
+    from .packs.pack import PackError, _import_class
+
+    entry = pack.networks.get("generator")
+    if not isinstance(entry, dict):
+        raise DirectionError(f"pack {pack.name!r} has no generator for its learned directions to edit")
+    key = (str(pack.root.resolve()), json.dumps(entry, sort_keys=True))
+    if key not in _code_shapes:
+        try:
+            G = _import_class(entry["class"])(**entry["config"])
+        except (PackError, TypeError, ValueError) as exc:
+            raise DirectionError(f"pack {pack.name!r}: its generator cannot be built ({exc})") from None
+        _code_shapes[key] = (int(G.num_ws), int(G.w_dim))
+    return _code_shapes[key]
+
+
+def _load_learned(pack: Pack, name: str, entry: dict) -> Direction:
+    """Learned direction `name` from its file: checked like every pack file, built from its recorded config, refused
+    (DirectionError, one line) when its codes are not the generator's or its tensors do not fit its network."""
+    from .edits import LearnedEdit
+
+    file = entry.get("file")
+    if not isinstance(file, str):
+        raise DirectionError(f"pack {pack.name!r}: learned direction {name!r} names no file in the manifest")
+    try:
+        path = pack.file_path(file)
+        with safe_open(str(path), framework="pt") as fh:
+            meta = json.loads((fh.metadata() or {}).get("edit", "{}"))
+            state = {k: fh.get_tensor(k) for k in fh.keys()}
+        config, info = dict(meta["config"]), dict(meta.get("info", {}))
+    except Exception as exc:  # PackError, safetensors' errors, bad JSON, no config: the file cannot serve
+        reason = " ".join(str(exc).split())
+        raise DirectionError(f"pack {pack.name!r}: learned direction {name!r}: {file} cannot be read ({reason})") \
+            from None
+    num_ws, w_dim = code_shape(pack)
+    if (config.get("num_ws"), config.get("w_dim")) != (num_ws, w_dim):
+        raise DirectionError(f"pack {pack.name!r}: learned direction {name!r} ({file}) edits "
+                             f"{config.get('num_ws')} x {config.get('w_dim')} codes; the generator takes "
+                             f"{num_ws} x {w_dim}")
+    try:
+        edit = LearnedEdit(**config)
+    except (TypeError, AssertionError) as exc:
+        raise DirectionError(f"pack {pack.name!r}: learned direction {name!r}: bad config in {file} ({exc})") from None
+    expected = edit.state_dict()
+    wrong = sorted(set(expected) ^ set(state)) + [k for k in expected if k in state
+                                                  and tuple(state[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        raise DirectionError(f"pack {pack.name!r}: learned direction {name!r}: the tensors of {file} do not fit its "
+                             f"network ({', '.join(wrong[:3])}{', ...' if len(wrong) > 3 else ''})")
+    edit.load_state_dict({k: v.float() for k, v in state.items()})
+    return Direction(name, edit.eval().requires_grad_(False), LEARNED, {**info, "file": file})
+
+
+def load_directions(pack: Pack) -> dict[str, Direction]:
+    """The pack's directions ({} when it has none): the linear ones of directions.safetensors and the learned ones
+    the manifest lists. Every file is checked like every pack file (listed, size, sha256); a damaged one, or a
+    learned direction that does not fit the generator, is a DirectionError in one line."""
+    directions = _linear_directions(pack)
+    for name, entry in _learned_entries(pack).items():
+        directions[name] = _load_learned(pack, name, entry)
+    return directions
+
+
 def get_direction(pack: Pack, name: str) -> Direction:
-    directions = load_directions(pack)
-    if name not in directions:
-        known = ", ".join(sorted(directions)) or "none"
+    """Direction `name` of the pack (only its own file is read for a learned one). NAME-linear also finds a linear
+    NAME that no learned direction has replaced yet, so commands written for both kinds work before and after."""
+    learned = _learned_entries(pack)
+    if name in learned:
+        return _load_learned(pack, name, learned[name])
+    linear = _linear_directions(pack)
+    if name not in linear and name.endswith(LINEAR_SUFFIX) and name[:-len(LINEAR_SUFFIX)] in linear:
+        name = name[:-len(LINEAR_SUFFIX)]
+    if name not in linear:
+        known = ", ".join(sorted({*linear, *learned})) or "none"
         raise DirectionError(f"pack {pack.name!r} has no direction {name!r}; it has: {known}")
-    return directions[name]
+    return linear[name]
+
+
+def check_strengths(edits: list[tuple]) -> None:
+    """(name, vector, strength or strengths) edits: a DirectionError (one line) for a learned direction asked for a
+    strength outside the range it was trained on (linear ones take any strength the commands accept)."""
+    for name, vector, strengths in edits:
+        limit = getattr(vector, "max_strength", None)
+        for s in strengths if isinstance(strengths, (list, tuple)) else [strengths]:
+            if limit is not None and abs(s) > limit + 1e-9:
+                raise DirectionError(f"direction {name!r} is learned for strengths within ±{limit:g} (std of its "
+                                     f"attribute); {s:g} is outside")
+
+
+def _summary(d: Direction) -> dict:
+    """A direction's entry in the manifest: kind, attribute, rows, and for a learned one its file and effect."""
+    keys = ("attribute", "layers") + (("file", "binary", "effect") if d.learned else ("effect",))
+    return {"kind": d.kind, **{k: v for k, v in d.info.items() if k in keys}}
 
 
 def save_directions(pack: Pack, new: list[Direction]) -> None:
-    """Add or replace directions in the pack (atomic file write, manifest updated with the file's hash)."""
+    """Add or replace directions in the pack: linear ones in directions.safetensors, each learned one in its own
+    file (float16 when its info says "dtype": "float16"); files written atomically, then the manifest with their
+    hashes. A learned file whose direction is gone (replaced by a linear one of its name) leaves the pack."""
     directions = load_directions(pack)
     for d in new:
         directions[d.name] = d
-    tensors = {name: d.vector.detach().float().cpu().contiguous() for name, d in directions.items()}
-    meta = {name: {"kind": d.kind, "info": d.info} for name, d in directions.items()}
-    with atomic_path(pack.root / FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"directions": json.dumps(meta)})
+    linear = {name: d for name, d in directions.items() if not d.learned}
+    old_learned = _learned_entries(pack)
     manifest = json.loads((pack.root / MANIFEST).read_text())
-    manifest.setdefault("files", {})[FILE] = {"sha256": sha256_of(pack.root / FILE), "bytes": (pack.root / FILE).stat().st_size}
-    manifest["directions"] = {name: {"kind": d.kind, **{k: v for k, v in d.info.items() if k in ("attribute", "layers")}}
-                              for name, d in sorted(directions.items())}
+    files = manifest.setdefault("files", {})
+    if linear or (pack.root / FILE).is_file():
+        tensors = {name: d.vector.detach().float().cpu().contiguous() for name, d in linear.items()}
+        meta = {name: {"kind": d.kind, "info": d.info} for name, d in linear.items()}
+        with atomic_path(pack.root / FILE) as tmp:
+            save_file(tensors, str(tmp), metadata={"directions": json.dumps(meta)})
+        files[FILE] = {"sha256": sha256_of(pack.root / FILE), "bytes": (pack.root / FILE).stat().st_size}
+    for d in new:
+        if d.learned:
+            if not _LEARNED_NAME.fullmatch(d.name):
+                raise DirectionError(f"{d.name!r}: a learned direction's name is letters, digits, _ . - (it names "
+                                     f"its file)")
+            file = learned_file(d.name)
+            dtype = torch.float16 if d.info.get("dtype") == "float16" else torch.float32
+            state = {k: (v.to(dtype) if k not in ("w_mean", "w_std") else v.float()).detach().cpu().contiguous()
+                     for k, v in d.vector.state_dict().items()}
+            info = {k: v for k, v in d.info.items() if k != "file"}
+            with atomic_path(pack.root / file) as tmp:
+                save_file(state, str(tmp), metadata={"edit": json.dumps({"config": d.vector.config, "info": info})})
+            files[file] = {"sha256": sha256_of(pack.root / file), "bytes": (pack.root / file).stat().st_size}
+            d.info = {**info, "file": file}
+    gone = [e["file"] for name, e in old_learned.items()
+            if not directions[name].learned and isinstance(e.get("file"), str)] if old_learned else []
+    for file in gone:
+        files.pop(file, None)
+    manifest["directions"] = {name: _summary(d) for name, d in sorted(directions.items())}
     with atomic_path(pack.root / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     pack.manifest = manifest
+    for file in gone:
+        (pack.root / file).unlink(missing_ok=True)
+
+
+# --- measured effect -----------------------------------------------------------------------------------------------
+
+EFFECT_STRENGTHS = (-2.0, -1.0, 1.0, 2.0)
+EFFECT_SEED = 20_000   # generated faces measured on when a pack has no e4e encoder (not the fits' seeds 0 and 1)
+
+
+def _strength_key(s: float) -> str:
+    return f"{s:+g}"
+
+
+@torch.no_grad()
+def measure_effects(pack: Pack, directions: list[Direction], count: int = 128, set_name: str = "indomain",
+                    strengths: tuple[float, ...] = EFFECT_STRENGTHS, batch: int = 32) -> None:
+    """Write into each direction's info["effect"] what it does at each strength, scored as `bench editing` scores it:
+    the target attribute's mean change and the largest mean absolute drift of another editable attribute (in std of
+    each over the faces), ID similarity to the unedited reconstruction; on rendered faces the edit's locality (PSNR
+    against the input outside the region the renderer's own edit of the attribute changes, and the share of the
+    change inside it); for a binary attribute the share of faces that gain it (+) or lose it (-).
+
+    The faces: e4e codes of the first `count` faces of `set_name` (the codes every method starts from), or, on a pack
+    without an e4e encoder, `count` generated faces. A pack without a domain network (no attribute predictor) gets
+    no figures: its directions' info is left as it is."""
+    from .bench.inversion import (BenchSet, _edit_row, _edit_scales, _scales_for, attribute_regions, change_inside,
+                                  load_set)
+    from .bench.masks import masked_psnr
+    from .edits import edit_step
+    from .losses import LossNetworks
+
+    if not pack.has("domainnet") or not directions:
+        return
+    losses = LossNetworks.from_pack(pack)
+    G = pack.generator()
+    synth = lambda w: torch.cat([G.synthesis(c, noise_mode="const") for c in w.split(batch)])
+    if pack.has("e4e_encoder"):
+        from .methods.e4e.method import encode
+        data = load_set(set_name, count, G.img_resolution)
+        E = pack.load("e4e_encoder")
+        codes = torch.cat([encode(E, chunk)[0] for chunk in data.images.split(batch)])
+        faces = f"e4e codes of {count} {set_name} faces"
+    else:
+        z = torch.randn(count, G.z_dim, generator=torch.Generator().manual_seed(EFFECT_SEED))
+        codes, data = G.mapping(z), None
+        faces = f"{count} generated faces (seed {EFFECT_SEED})"
+    base = synth(codes)
+    data = data or BenchSet("generated", base, None, None)
+    targets = [d.info.get("attribute", d.name) for d in directions]
+    editable, std = _edit_scales(losses, data, targets)
+    for d, target in zip(directions, targets):
+        regions = attribute_regions(data.labels, target, G.img_resolution)
+        effect = {"faces": faces}
+        for s in strengths:
+            edited = synth(codes + edit_step(codes, d.vector, s))
+            row = _edit_row(d.name, target, base, edited, losses, _scales_for(target, editable, std))
+            drift = row["drift_std"]
+            figures = {"target_change_std": row["target_change_std"], "max_drift_std": row["max_drift_std"],
+                       "max_drift_attribute": max(drift, key=drift.get) if drift else None,
+                       "id_similarity": row["id_similarity"]}
+            if regions is not None:
+                figures["psnr_outside_edit"] = masked_psnr(data.images, edited, ~regions)
+                figures["change_inside_edit"] = change_inside(base, edited, regions)
+            kinds = attribute_kinds(losses.attributes)
+            if target in kinds and kinds[target].kind == "binary":
+                before, after = losses.attributes.predict(base)[target], losses.attributes.predict(edited)[target]
+                had = before >= 0.5
+                flipped = (after < 0.5) & had if s < 0 else (after >= 0.5) & ~had
+                pool = had if s < 0 else ~had
+                figures["removed_share" if s < 0 else "added_share"] = float(flipped.sum() / pool.sum().clamp(min=1))
+            effect[_strength_key(s)] = {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()}
+        d.info["effect"] = effect
 
 
 # --- fitting -------------------------------------------------------------------------------------------------------
@@ -118,7 +349,11 @@ def _layer_mask(num_ws: int, layers: tuple[int, int] | None) -> torch.Tensor:
 def restricted(direction: Direction, layers: tuple[int, int]) -> Direction:
     """The direction on W+ rows [start, end) only, named NAME[START-END] (END inclusive, as typed)."""
     start, end = layers
-    vector = direction.vector * _layer_mask(len(direction.vector), layers)
+    if direction.learned:  # the network's change kept to those rows
+        from .edits import RestrictedEdit
+        vector = RestrictedEdit(direction.vector, _layer_mask(direction.vector.num_ws, layers))
+    else:
+        vector = direction.vector * _layer_mask(len(direction.vector), layers)
     info = {**direction.info, "layers": [start, end]}
     return Direction(f"{direction.name}[{format_layers(layers)}]", vector, direction.kind, info)
 

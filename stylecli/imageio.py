@@ -1,7 +1,8 @@
 """Image input and output, in one place.
 
-Reading applies the EXIF orientation, scales 16-bit and float pixels to 8 bits, converts any mode to RGB (transparent
-areas over white) and turns every file that cannot be used (missing, a FIFO, a symlink loop, unreadable, corrupt,
+Reading applies the EXIF orientation, scales 16-bit and float pixels to 8 bits, converts colours with an embedded ICC
+profile to sRGB (the image keeps an sRGB profile in its `info`, which writing embeds where the format allows), converts
+any mode to RGB (transparent areas over white) and turns every file that cannot be used (missing, a FIFO, a symlink loop, unreadable, corrupt,
 oversized, of an unknown depth) into an `ImageError` with a one-line message; PIL's warnings stay quiet. Writing is
 atomic (a temporary file in the same folder, then a rename) and refuses to replace any file given as an input.
 """
@@ -79,11 +80,16 @@ def load_image(path: str | os.PathLike) -> Image.Image:
                 img.load()
                 img = ImageOps.exif_transpose(img)
             img = _eight_bit(img, name)
+            img = _to_srgb(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 rgba = img.convert("RGBA")
                 background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 img = Image.alpha_composite(background, rgba)
-            return img.convert("RGB")
+            profile = img.info.get("icc_profile")
+            img = img.convert("RGB")
+            if profile:
+                img.info["icc_profile"] = profile
+            return img
     except ImageError:
         raise
     except UnidentifiedImageError:
@@ -92,6 +98,26 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise ImageError(f"{name}: too large to decode safely") from None
     except Exception as exc:  # truncated or corrupt data, PIL's limits (ValueError on huge text chunks), odd modes
         raise ImageError(f"{name}: cannot decode ({_reason(exc)})") from None
+
+
+def _to_srgb(img: Image.Image) -> Image.Image:
+    """`img` converted from its embedded ICC profile to sRGB (perceptual intent), carrying an sRGB profile; an image
+    without a profile, or whose profile already is sRGB or cannot be read, is returned as it is."""
+    profile = img.info.get("icc_profile")
+    if not profile or img.mode not in ("RGB", "RGBA", "CMYK", "L"):
+        return img
+    try:
+        from PIL import ImageCms
+        source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+        if "srgb" in ImageCms.getProfileDescription(source).lower().replace(" ", ""):
+            return img  # already sRGB: a conversion would only round
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        mode = "RGBA" if img.mode == "RGBA" else "RGB"
+        converted = ImageCms.profileToProfile(img, source, srgb, outputMode=mode)
+    except Exception:  # a broken or unsupported profile: the pixels as stored (what most viewers show)
+        return img
+    converted.info["icc_profile"] = srgb.tobytes()
+    return converted
 
 
 def _reason(exc: Exception) -> str:
@@ -154,7 +180,8 @@ def encode_image(img: Image.Image, path: str | os.PathLike) -> bytes:
     if fmt is None or fmt not in Image.SAVE:
         raise ImageError(f"{printable(path)}: unknown image type {Path(path).suffix!r}")
     buffer = io.BytesIO()
-    img.save(buffer, format=fmt)
+    profile = img.info.get("icc_profile")  # an input's (sRGB) profile travels with the pictures made from it
+    img.save(buffer, format=fmt, **({"icc_profile": profile} if profile and fmt != "GIF" else {}))
     return buffer.getvalue()
 
 

@@ -42,12 +42,16 @@ class LatentSpec:
         return cls(pack, method.name, method.G.num_ws, method.G.w_dim)
 
 
-def latent_bytes(inversion: Inversion, index: int, pack: str, method: str, source: str) -> bytes:
+def latent_bytes(inversion: Inversion, index: int, pack: str, method: str, source: str,
+                 face: dict | None = None) -> bytes:
     """Row `index` of `inversion` as the contents of a latent file. `source` is recorded as printable text (the
-    format's metadata is UTF-8; a file name that is not would make the write fail)."""
+    format's metadata is UTF-8; a file name that is not would make the write fail); `face`, for a face aligned out of
+    a photo, records where (its index, the photo's size, the crop's square) as JSON under "face"."""
     tensors = {f"latent.{k}": v[index:index + 1].detach().cpu().contiguous() for k, v in inversion.latents.items()}
     tensors.update({f"extra.{k}": v[index:index + 1].detach().cpu().contiguous() for k, v in inversion.extras.items()})
     meta = {"pack": pack, "method": method, "source": printable(source), "format": FORMAT}
+    if face is not None:
+        meta["face"] = json.dumps(face)
     return save(tensors, metadata=meta)
 
 

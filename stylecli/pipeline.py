@@ -1,6 +1,10 @@
 """Batch inversion and editing of image files: what `stylecli invert` and `stylecli edit` run, usable from Python.
 
-Per file: read (EXIF-upright RGB), resize to the pack's resolution, invert in batches, write outputs atomically.
+Per file: read (EXIF-upright sRGB), resize to the pack's resolution, invert in batches, write outputs atomically.
+With an `aligner` (`stylecli.faces.PhotoAligner`), a photo's faces are found and aligned instead, every face of a
+chunk of files goes through the method in the same batches, and the outputs are the photo itself with the faces pasted
+back (same size; pixels away from the faces untouched); per-face latent codes are NAME_faceK.latent.safetensors, and
+with `save_aligned` the crops NAME_faceK.aligned.png.
 A file that fails is reported and the batch goes on: bad input fails with a one-line reason, anything else (a bug)
 also keeps its traceback. A file's outputs land together or not at all and never replace an input; outputs that
 exist are skipped unless `overwrite`.
@@ -15,7 +19,7 @@ from collections import Counter, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from PIL import Image
@@ -24,6 +28,9 @@ from .fileio import OutputError, printable, write_files
 from .imageio import ImageError, ProtectedPaths, encode_image, image_to_tensor, load_image, make_grid, tensor_to_images
 from .latents import SUFFIX, LatentError, LatentSpec, latent_bytes, load_latent
 from .methods.base import Inversion
+
+if TYPE_CHECKING:
+    from .faces.photos import AlignedPhoto
 
 MAX_STRENGTH = 100.0    # directions are scaled so that 1-3 is a clear edit; far beyond, the generator gives noise
 MAX_SWEEP_STEPS = 100   # frames of one sweep: one grid row and one GIF per file, held in memory together
@@ -114,24 +121,29 @@ def mask_image(mask: torch.Tensor) -> Image.Image:
     return Image.fromarray((mask[0, 0].detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8).numpy(), "L")
 
 
-def _write_inversion(path: Path, outputs: dict[str, Path], img: Image.Image, inversion: Inversion | Exception,
-                     pack_name: str, method_name: str) -> FileResult:
-    """Encode and write one file's outputs (reconstruction, latent code, mask and comparison when asked) as one
+def _write_inversion(item: "_Input", inversion: Inversion | Exception, pack_name: str, method_name: str,
+                     save_aligned: bool = False) -> FileResult:
+    """Encode and write one file's outputs (reconstruction, latent codes, mask and comparison when asked) as one
     group."""
+    path, outputs = item.path, item.outputs
     try:
         if isinstance(inversion, Exception):
             raise inversion
         for name, code in inversion.latents.items():
             _finite(code, f"code {name!r}")
-        recon = tensor_to_images(_finite(inversion.image, "reconstruction"))[0]
-        contents = {outputs["image"]: encode_image(recon, outputs["image"]),
-                    outputs["latent"]: latent_bytes(inversion, 0, pack_name, method_name, str(path))}
+        recon = item.picture(_finite(inversion.image, "reconstruction"))
+        contents = {outputs["image"]: encode_image(recon, outputs["image"])}
+        for k, latent in item.latent_paths().items():
+            contents[latent] = latent_bytes(inversion, k, pack_name, method_name, str(path), item.face_record(k))
         if "mask" in outputs:
-            mask = mask_image(_finite(inversion.extras["mask"], "mask"))
+            mask = item.mask_picture(_finite(inversion.extras["mask"], "mask"))
             contents[outputs["mask"]] = encode_image(mask, outputs["mask"])
         if "compare" in outputs:
-            side = make_grid([img.resize(recon.size, Image.LANCZOS), recon], columns=2)
+            side = make_grid([item.shown(recon.size), recon], columns=2)
             contents[outputs["compare"]] = encode_image(side, outputs["compare"])
+        if save_aligned:
+            contents.update(item.aligned_crops(outputs["image"]))
+        item.check_outputs(contents)
         write_files(contents)
         return FileResult(printable(path), "done", [printable(p) for p in contents])
     except Exception as exc:
@@ -139,9 +151,11 @@ def _write_inversion(path: Path, outputs: dict[str, Path], img: Image.Image, inv
 
 
 def _plan(files: list[Path], outputs_of: Callable[[str], dict[str, Path]], overwrite: bool,
-          report: Callable[[FileResult], None]) -> list[tuple[Path, dict[str, Path]]]:
+          report: Callable[[FileResult], None], skip_on: tuple[str, ...] | None = None
+          ) -> list[tuple[Path, dict[str, Path]]]:
     """(file, its outputs) for the files to do: a file whose outputs would replace an input fails at once, a file
-    whose outputs all exist is skipped unless `overwrite`; both are reported."""
+    whose outputs all exist (those named in `skip_on`, when given) is skipped unless `overwrite`; both are
+    reported."""
     protected = ProtectedPaths(files)
     claimed: dict[Path, Path] = {}  # output -> the input that writes it
     todo = []
@@ -157,31 +171,130 @@ def _plan(files: list[Path], outputs_of: Callable[[str], dict[str, Path]], overw
             report(_failed(path, exc))
             continue
         claimed.update((output, path) for output in outputs.values())
-        if not overwrite and all(o.exists() for o in outputs.values()):
+        if not overwrite and all(o.exists() for k, o in outputs.items() if skip_on is None or k in skip_on):
             report(FileResult(printable(path), "skipped", [printable(o) for o in outputs.values()]))
         else:
             todo.append((path, outputs))
     return todo
 
 
-def _load(chunk: list[tuple[Path, dict]], resolution: int, report: Callable[[FileResult], None]) -> list[tuple]:
-    """(path, outputs, image, tensor [1, 3, R, R]) for each file of `chunk` that reads; the others are reported."""
+@dataclass
+class _Input:
+    """One file as the method sees it: the image whole (resized to the method's resolution), or its aligned faces."""
+    path: Path
+    outputs: dict[str, Path]
+    img: Image.Image                    # as read (EXIF-upright, sRGB)
+    x: torch.Tensor                     # [k, 3, R, R]: one row per face; k = 1 for an image used whole
+    photo: "AlignedPhoto | None" = None  # its faces and how to paste them back; None: the image is used whole
+    protected: ProtectedPaths | None = None  # the inputs, which outputs named after faces must not replace
+
+    def picture(self, images: torch.Tensor) -> Image.Image:
+        """The output picture from the method's images [k, 3, R, R]: the image itself, or the photo with them
+        pasted back."""
+        if self.photo is None:
+            return tensor_to_images(images)[0]
+        return self.photo.compose(tensor_to_images(images))[0]
+
+    def mask_picture(self, masks: torch.Tensor) -> Image.Image:
+        """The invertibility masks [k, 1, R, R] as one picture (white = the input's own pixels): the photo's is
+        white wherever no face was pasted."""
+        if self.photo is None:
+            return mask_image(masks)
+        white = Image.new("RGB", self.img.size, (255, 255, 255))
+        pictures = [mask_image(m[None]).convert("RGB") for m in masks]
+        return self.photo.compose(pictures, onto=white)[0].convert("L")
+
+    def shown(self, size: tuple[int, int]) -> Image.Image:
+        """The input as comparison strips show it beside outputs of `size`."""
+        return self.img if self.photo is not None else self.img.resize(size, Image.LANCZOS)
+
+    def latent_paths(self) -> dict[int, Path]:
+        """Batch row -> its latent file: NAME.latent.safetensors, or NAME_faceK.latent.safetensors per face."""
+        if "latent" not in self.outputs:
+            return {}
+        latent = self.outputs["latent"]
+        if self.photo is None:
+            return {0: latent}
+        stem = latent.name[:-len(SUFFIX)]
+        return {row: latent.with_name(f"{stem}_face{face.index}{SUFFIX}") for row, face in enumerate(self.photo.faces)}
+
+    def face_record(self, row: int) -> dict | None:
+        """Where batch row `row` came from in the photo (for a latent file's metadata), None for an image used
+        whole."""
+        if self.photo is None:
+            return None
+        face = self.photo.faces[row]
+        return {"face": face.index, "photo_size": list(self.img.size), "alignment": self.photo.recipe,
+                **face.alignment.to_json()}
+
+    def aligned_crops(self, picture: Path) -> dict[Path, bytes]:
+        """PICTURE_faceK.aligned.png beside the output `picture` for each face (`--save-aligned`): the crops the
+        method saw; nothing for an image used whole."""
+        if self.photo is None:
+            return {}
+        paths = [picture.with_name(f"{picture.stem}_face{face.index}.aligned.png") for face in self.photo.faces]
+        return {path: encode_image(face.crop, path) for path, face in zip(paths, self.photo.faces)}
+
+    def check_outputs(self, contents: dict[Path, bytes]) -> None:
+        """Outputs named after faces are known only once the faces are: they too must not replace an input."""
+        if self.protected is not None and self.photo is not None:
+            for output in contents:
+                self.protected.check(output)
+
+
+def _load(chunk: list[tuple[Path, dict]], resolution: int, report: Callable[[FileResult], None],
+          aligner=None, protected: ProtectedPaths | None = None) -> list[_Input]:
+    """The files of `chunk` that read (and, with an `aligner`, hold the faces asked for); the others are
+    reported."""
     loaded = []
     for path, outputs in chunk:
         try:
             img = load_image(path)
-            loaded.append((path, outputs, img, image_to_tensor(img, resolution)))
+            photo = aligner.prepare(img, path) if aligner is not None else None
+            if photo is None:
+                x = image_to_tensor(img, resolution)
+            else:
+                x = torch.cat([image_to_tensor(face.crop, resolution) for face in photo.faces])
+            loaded.append(_Input(path, outputs, img, x, photo, protected))
         except Exception as exc:
             report(_failed(path, exc))
     return loaded
 
 
+def _cat(inversions: list[Inversion]) -> Inversion:
+    """Rows of several inversions as one (a photo's faces)."""
+    if len(inversions) == 1:
+        return inversions[0]
+    first = inversions[0]
+    return Inversion(latents={k: torch.cat([i.latents[k] for i in inversions]) for k in first.latents},
+                     image=None if first.image is None else torch.cat([i.image for i in inversions]),
+                     extras={k: torch.cat([i.extras[k] for i in inversions]) for k in first.extras})
+
+
+def _invert_inputs(method, loaded: list[_Input], batch: int) -> list[Inversion | Exception]:
+    """Per input: the inversion of its rows (all its faces), or the exception of the first row that failed. Rows of
+    all inputs go through the method together, `batch` at a time."""
+    x = torch.cat([item.x for item in loaded])
+    rows: list[Inversion | Exception] = []
+    size = math.ceil(len(x) / math.ceil(len(x) / batch))  # passes of at most `batch`, as even as they can be
+    for start in range(0, len(x), size):
+        rows += _invert_each(method, x[start:start + size])
+    results, start = [], 0
+    for item in loaded:
+        mine = rows[start:start + len(item.x)]
+        start += len(item.x)
+        failed = next((r for r in mine if isinstance(r, Exception)), None)
+        results.append(failed if failed is not None else _cat(mine))
+    return results
+
+
 def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: bool = False, overwrite: bool = False,
                  batch: int = 8, masks: bool = False,
-                 on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
+                 on_file: Callable[[FileResult], None] = lambda r: None, aligner=None,
+                 save_aligned: bool = False) -> list[FileResult]:
     """Invert `files` into `out`: NAME.png (reconstruction) and NAME.latent.safetensors, NAME.mask.png with `masks`
     (a method that makes invertibility masks), NAME_compare.png with `compare`. One result per file, in the order
-    they finish."""
+    they finish. With an `aligner`, photos are aligned (see the module's docstring)."""
     results: list[FileResult] = []
 
     def report(result: FileResult) -> None:
@@ -196,18 +309,20 @@ def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: 
             outputs["compare"] = out / f"{stem}_compare.png"
         return outputs
 
-    todo = _plan(files, outputs_of, overwrite, report)
+    # A photo whose picture exists was written whole (its faces' latent files with it): --overwrite redoes it.
+    todo = _plan(files, outputs_of, overwrite, report, skip_on=("image",) if aligner is not None else None)
+    protected = ProtectedPaths(files) if aligner is not None else None  # for outputs named after faces
     # Encoding and writing a batch's outputs (PNG compression, two files each) overlaps inverting the next batch: on
     # small images they cost about a fifth of the inversion. At most two batches wait, to bound memory.
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: deque[Future] = deque()
         for chunk in _batches(todo, batch):
-            loaded = _load(chunk, method.resolution, report)
+            loaded = _load(chunk, method.resolution, report, aligner, protected)
             if loaded:
-                inversions = _invert_each(method, torch.cat([x for *_, x in loaded]))
-                for (path, outputs, img, _), inversion in zip(loaded, inversions):
-                    pending.append(writer.submit(_write_inversion, path, outputs, img, inversion, pack_name,
-                                                 method.name))
+                inversions = _invert_inputs(method, loaded, batch)
+                for item, inversion in zip(loaded, inversions):
+                    pending.append(writer.submit(_write_inversion, item, inversion, pack_name, method.name,
+                                                 save_aligned))
             while pending and (pending[0].done() or len(pending) > 2 * batch):
                 report(pending.popleft().result())
         while pending:
@@ -242,10 +357,12 @@ def parse_strengths(text: str) -> list[float]:
 
 def edit_files(method, pack_name: str, sources: list[Path], edits: list[tuple[str, torch.Tensor, list[float]]],
                out: Path, from_latents: bool = False, batch: int = 8,
-               on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
+               on_file: Callable[[FileResult], None] = lambda r: None, aligner=None,
+               save_aligned: bool = False) -> list[FileResult]:
     """Apply all edits at once (their vectors times their strengths summed); a sweep (one edit with several
     strengths) writes a grid and an animated GIF per file. With `from_latents`, `sources` are latent files, checked
-    against the pack and method."""
+    against the pack and method (the aligned crops are edited: no photo to paste them into). With an `aligner`,
+    photos are aligned and the edited faces pasted back (see the module's docstring)."""
     results: list[FileResult] = []
 
     def report(result: FileResult) -> None:
@@ -274,32 +391,31 @@ def edit_files(method, pack_name: str, sources: list[Path], edits: list[tuple[st
                 except Exception as exc:
                     report(_failed(path, exc))
         else:
-            loaded = []
-            for path, outputs in chunk:
-                try:
-                    loaded.append((path, outputs, image_to_tensor(load_image(path), method.resolution)))
-                except Exception as exc:
-                    report(_failed(path, exc))
+            loaded = _load(chunk, method.resolution, report, aligner, protected)
             if loaded:
-                inversions = _invert_each(method, torch.cat([x for *_, x in loaded]))
-                items = [(path, outputs, inversion) for (path, outputs, _), inversion in zip(loaded, inversions)]
-        for path, outputs, inversion in items:
+                inversions = _invert_inputs(method, loaded, batch)
+                items = [(item.path, item.outputs, inversion, item) for item, inversion in zip(loaded, inversions)]
+        for path, outputs, inversion, *source in items:
+            picture = source[0].picture if source else (lambda images: tensor_to_images(images)[0])
             try:
                 if isinstance(inversion, Exception):
                     raise inversion
                 if sweep:
                     _, vector, strengths = edits[0]
-                    frames = [tensor_to_images(_finite(method.edit(inversion, vector, s), "edited image"))[0]
-                              for s in strengths]
+                    frames = [picture(_finite(method.edit(inversion, vector, s), "edited image")) for s in strengths]
                     gif = io.BytesIO()
                     frames[0].save(gif, format="GIF", save_all=True, append_images=frames[1:] + frames[-2:0:-1],
                                    duration=120, loop=0)
                     contents = {outputs[0]: encode_image(make_grid(frames, columns=len(frames)), outputs[0]),
                                 outputs[1]: gif.getvalue()}
                 else:
-                    total = sum(vector * s[0] for _, vector, s in edits)
-                    image = tensor_to_images(_finite(method.edit(inversion, total, 1.0), "edited image"))[0]
+                    from .edits import combine  # W+ vectors summed as before; learned edits chained in order
+                    total = combine([(vector, s[0]) for _, vector, s in edits])
+                    image = picture(_finite(method.edit(inversion, total, 1.0), "edited image"))
                     contents = {outputs[0]: encode_image(image, outputs[0])}
+                if source and save_aligned:
+                    contents.update(source[0].aligned_crops(outputs[0]))
+                    source[0].check_outputs(contents)
                 write_files(contents)
                 report(FileResult(printable(path), "done", [printable(p) for p in contents]))
             except Exception as exc:
@@ -315,7 +431,8 @@ def overlay_image(img: Image.Image, mask: Image.Image) -> Image.Image:
 
 def blend_files(method, base, pack_name: str, files: list[Path], out: Path,
                 edits: list[tuple[str, torch.Tensor, float]] = (), compare: bool = False, overwrite: bool = False,
-                batch: int = 8, on_file: Callable[[FileResult], None] = lambda r: None) -> list[FileResult]:
+                batch: int = 8, on_file: Callable[[FileResult], None] = lambda r: None, aligner=None,
+                save_aligned: bool = False) -> list[FileResult]:
     """`stylecli blend`: per input NAME, with LABEL the edits (e.g. _smile+2) or nothing,
     OUT/NAME[LABEL].png (the blended result, edited with the mask recomputed on the edited pass),
     OUT/NAME[LABEL].mask.png, OUT/NAME[LABEL]_overlay.png (the mask over the input), and with `compare`
@@ -327,7 +444,8 @@ def blend_files(method, base, pack_name: str, files: list[Path], out: Path,
         on_file(result)
 
     label = "".join(f"_{name}{s:+g}" for name, _, s in edits)
-    total = sum(vector * s for _, vector, s in edits) if edits else None
+    from .edits import combine  # W+ vectors summed as before; learned edits chained in order
+    total = combine([(vector, s) for _, vector, s in edits]) if edits else None
     def outputs_of(stem: str) -> dict[str, Path]:
         outputs = {"image": out / f"{stem}{label}.png", "mask": out / f"{stem}{label}.mask.png",
                    "overlay": out / f"{stem}{label}_overlay.png"}
@@ -335,30 +453,34 @@ def blend_files(method, base, pack_name: str, files: list[Path], out: Path,
             outputs["compare"] = out / f"{stem}{label}_compare.png"
         return outputs
 
-    for chunk in _batches(_plan(files, outputs_of, overwrite, report), batch):
-        loaded = _load(chunk, method.resolution, report)
+    protected = ProtectedPaths(files) if aligner is not None else None  # for outputs named after faces
+    skip_on = ("image",) if aligner is not None else None
+    for chunk in _batches(_plan(files, outputs_of, overwrite, report, skip_on), batch):
+        loaded = _load(chunk, method.resolution, report, aligner, protected)
         if not loaded:
             continue
-        x = torch.cat([t for *_, t in loaded])
-        inversions = _invert_each(method, x)
-        base_images = _invert_each(base, x) if compare else [None] * len(loaded)
-        for (path, outputs, img, _), inversion, base_inv in zip(loaded, inversions, base_images):
+        inversions = _invert_inputs(method, loaded, batch)
+        base_images = _invert_inputs(base, loaded, batch) if compare else [None] * len(loaded)
+        for item, inversion, base_inv in zip(loaded, inversions, base_images):
+            path, outputs = item.path, item.outputs
             try:
                 for failed in (inversion, base_inv):
                     if isinstance(failed, Exception):
                         raise failed
                 result = inversion if total is None else method.edit_inversion(inversion, total, 1.0)
-                blended = tensor_to_images(_finite(result.image, "blended image"))[0]
-                mask = mask_image(_finite(result.extras["mask"], "mask"))
-                shown = img.resize(blended.size, Image.LANCZOS)
+                blended = item.picture(_finite(result.image, "blended image"))
+                mask = item.mask_picture(_finite(result.extras["mask"], "mask"))
+                shown = item.shown(blended.size)
                 contents = {outputs["image"]: encode_image(blended, outputs["image"]),
                             outputs["mask"]: encode_image(mask, outputs["mask"]),
                             outputs["overlay"]: encode_image(overlay_image(shown, mask), outputs["overlay"])}
                 if compare:
                     base_image = base_inv.image if total is None else base.edit(base_inv, total, 1.0)
-                    strip = [shown, tensor_to_images(_finite(base_image, "base image"))[0], blended,
-                             mask.convert("RGB")]
+                    strip = [shown, item.picture(_finite(base_image, "base image")), blended, mask.convert("RGB")]
                     contents[outputs["compare"]] = encode_image(make_grid(strip, columns=4), outputs["compare"])
+                if save_aligned:
+                    contents.update(item.aligned_crops(outputs["image"]))
+                item.check_outputs(contents)
                 write_files(contents)
                 report(FileResult(printable(path), "done", [printable(p) for p in contents]))
             except Exception as exc:

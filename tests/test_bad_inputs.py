@@ -332,7 +332,7 @@ def test_debug_prints_the_traceback_of_a_method_bug(tmp_path, monkeypatch):
     face(tmp_path / "a.png")
     for debug in (False, True):
         out = CliRunner().invoke(app, ["invert", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "--device",
-                                       "cpu"] + (["--debug"] if debug else []))
+                                       "cpu", "--align", "off"] + (["--debug"] if debug else []))
         assert out.exit_code == 1, out.output
         assert "internal error (TypeError: method bug)" in out.output
         assert ("Traceback" in out.output) == debug and ("--debug prints" in out.output) != debug
@@ -348,7 +348,7 @@ def test_cli_batch_with_hostile_names_and_files(tmp_path):
     (photos / "[red]notes.png").write_text("not an image")
     (photos / "loop.png").symlink_to("loop.png")
     face(photos / os.fsdecode(b"caf\xe9.png"))
-    out = run("invert", str(photos), "-o", str(tmp_path / "out"), "--device", "cpu")
+    out = run("invert", str(photos), "-o", str(tmp_path / "out"), "--device", "cpu", "--align", "off")  # not faces
     assert out.returncode == 1, out.stderr
     assert "Traceback" not in out.stderr
     assert f"failed: {photos}/[red]notes.png: not an image file" in out.stderr
@@ -382,7 +382,8 @@ def test_cli_usage_errors_are_one_line_and_exit_code_2(tmp_path, setup, args, me
 
 def test_cli_edit_latents_checks_each_file(tmp_path):
     face(tmp_path / "a.png")
-    inverted = run("invert", str(tmp_path / "a.png"), "-o", str(tmp_path / "codes"), "--device", "cpu")
+    inverted = run("invert", str(tmp_path / "a.png"), "-o", str(tmp_path / "codes"), "--device", "cpu", "--align",
+                   "off")  # a plain colour, not a face: used whole
     assert inverted.returncode == 0, inverted.stderr
     _latent(tmp_path / "codes" / f"small{SUFFIX}", pack="synthface-64", method="e4e")  # W+ of the wrong shape
     out = run("edit", str(tmp_path / "codes"), "--latent", "-d", "smile", "-s", "2", "-o", str(tmp_path / "ed"),

@@ -16,7 +16,10 @@ row, its reason under `skipped`.
 Editing, on `indomain` or another set: for each direction, the change of its attribute per unit strength (in standard
 deviations of that attribute over the set), the mean absolute drift of every other editable attribute (same units),
 and the ID similarity between the edited and the unedited reconstruction; on a set with masks, the PSNR of the edited
-image against the input inside them (`psnr_kept`: how much of what was added survives the edit). The standard
+image against the input inside them (`psnr_kept`: how much of what was added survives the edit). On rendered faces,
+the edit's locality: PSNR against the input outside the region the renderer's own edit of the attribute changes
+(`psnr_outside_edit`) and the share of the edit's squared pixel change inside it (`change_inside_edit`). For a binary
+attribute, the share of faces that gain it at a positive strength or lose it at a negative one (`flipped_share`). The standard
 deviations come from the set's labels where they hold the attribute, else from the predictor's predictions on the
 set's images.
 """
@@ -244,6 +247,28 @@ def attribute_regions(labels: list[dict] | None, attribute: str, resolution: int
     return grown > 0
 
 
+def change_inside(base: torch.Tensor, edited: torch.Tensor, regions: torch.Tensor) -> float | None:
+    """The share of an edit's squared pixel change (edited against the unedited reconstruction, [N, 3, R, R]) that
+    falls inside `regions` ([N, 1, R, R] bool, `attribute_regions`): 1 when the edit touches nothing else; None for
+    an edit that changes nothing."""
+    change = (edited - base).square().sum(dim=1, keepdim=True)
+    total = float(change.sum())
+    return float(change[regions].sum()) / total if total > 0 else None
+
+
+def binary_flips(predictor, attribute: str, base: torch.Tensor, edited: torch.Tensor, strength: float
+                 ) -> float | None:
+    """For a binary attribute: the share of faces without it (predicted probability < 0.5) that have it after a
+    positive edit, or of faces with it that lose it after a negative one; None for other attributes."""
+    kind = attribute_kinds(predictor).get(attribute)
+    if kind is None or kind.kind != "binary" or strength == 0:
+        return None
+    before = predictions(predictor, base, [attribute])[attribute] >= 0.5
+    after = predictions(predictor, edited, [attribute])[attribute] >= 0.5
+    pool = ~before if strength > 0 else before
+    return float((pool & (after != before)).sum()) / max(int(pool.sum()), 1)
+
+
 def _edit_scales(losses: LossNetworks, data: BenchSet, targets: list[str]) -> tuple[list[str], dict[str, float]]:
     """The editable attributes (drift is measured on them) and the std over the set of those and of every target
     the predictor gives as a scalar."""
@@ -288,6 +313,12 @@ def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int 
             outside = masked_psnr(data.images, edited, ~regions)
             if outside is not None:
                 row["psnr_outside_edit"] = outside
+            inside = change_inside(base, edited, regions)
+            if inside is not None:
+                row["change_inside_edit"] = inside
+        flipped = binary_flips(losses.attributes, targets[dname], base, edited, strength)
+        if flipped is not None:
+            row["flipped_share"] = flipped
         rows.append(row)
     return rows
 

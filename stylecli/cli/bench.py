@@ -261,7 +261,7 @@ def editing_command(
     """
     from ..bench.inversion import evaluate_editing, evaluate_reference_editing
     from ..data.sets import check_evaluation_set
-    from ..directions import get_direction, load_directions, parse_layers, restricted
+    from ..directions import check_strengths, get_direction, load_directions, parse_layers, restricted
 
     with _usage_errors():
         check_evaluation_set(set_name)
@@ -276,9 +276,10 @@ def editing_command(
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
         chosen = {d: get_direction(pack, d) for d in direction} if direction else {
-            d: v for d, v in load_directions(pack).items() if v.kind == "interfacegan"}
+            d: v for d, v in load_directions(pack).items() if v.kind in ("interfacegan", "learned")}
         if not chosen:
             raise UsageError(f"pack {pack.name!r} has no fitted directions (see `stylecli directions fit`)")
+        check_strengths([(d, v.vector, strength) for d, v in chosen.items()])  # a learned direction's range
         targets = {d: v.info.get("attribute", d) for d, v in chosen.items()}
         chosen.update({r.name: r for r in [restricted(v, span) for v in list(chosen.values()) for span in ranges]})
         what = f"{name}: inverting, then {len(chosen)} direction{'s' if len(chosen) > 1 else ''}"
@@ -292,19 +293,30 @@ def editing_command(
     # On a set with masks: how much of what was added survives each edit (a column only then).
     kept = any("psnr_kept" in row for row in rows)
     local = any("psnr_outside_edit" in row for row in rows)
+    inside = any("change_inside_edit" in row for row in rows)
+    flips = any("flipped_share" in row for row in rows)
     table = Table("method", "direction", "target change ± SE", "per unit", "max drift", "ID sim",
-                  *(["PSNR outside edit"] if local else []), *(["PSNR kept in mask"] if kept else []),
+                  *(["PSNR outside edit"] if local else []), *(["change inside"] if inside else []),
+                  *(["flipped"] if flips else []),
+                  *(["PSNR kept in mask"] if kept else []),
                   title=f"editing on {model}, {set_name}, at strength {strength} ({count} images), in attribute std")
     for row, per_unit in zip(rows, per_units):
         table.add_row(row["method"], row["direction"],
                       f"{row['target_change_std']:+.2f} ± {row['target_change_se']:.2f}", per_unit,
                       f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}",
                       *([_cell(row, "psnr_outside_edit", ".2f")] if local else []),
+                      *([_cell(row, "change_inside_edit", ".0%")] if inside else []),
+                      *([_cell(row, "flipped_share", ".0%")] if flips else []),
                       *([_cell(row, "psnr_kept", ".2f")] if kept else []))
     show(table)
     if local:
         console.print("PSNR outside edit: the edited image against the input outside the region the renderer's own "
-                      "edit of the attribute changes, in dB (edit locality: detail and background kept)")
+                      "edit of the attribute changes, in dB (edit locality: detail and background kept)"
+                      + ("; change inside: the share of the edit's squared pixel change that falls inside that "
+                         "region" if inside else ""))
+    if flips:
+        console.print("flipped: for a binary attribute, the share of faces without it that gain it (positive strength) "
+                      "or with it that lose it (negative)")
     if kept:
         console.print("PSNR kept in mask: the edited image against the input inside the set's masks, in dB (how much "
                       "of what was added survives the edit)" + ("; '-' for the renderer, which renders the face "

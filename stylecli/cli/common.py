@@ -70,3 +70,18 @@ def progress_bar(description: str, total: int, method=None):
         finally:
             if method is not None:
                 method.on_step = None
+
+
+def train_with_progress(trainer, description: str, report: bool = True) -> None:
+    """Run a trainer (`progress()` -> (done, total); `run(on_progress)` calls on_progress(now, record)) under a
+    progress bar that starts where a resumed run stands. `report=False` (torchrun's other ranks) trains without it."""
+    done, total = trainer.progress()
+    with progress_bar(description, total) as advance:
+        advance(done)
+        position = [done]
+
+        def on_progress(now: int, record: dict) -> None:
+            advance(now - position[0])
+            position[0] = now
+
+        trainer.run(on_progress=on_progress if report else None)

@@ -9,6 +9,8 @@ import typer
 
 from ..methods import DEFAULT_METHOD, method_help
 from .common import DeviceOption, ModelOption, UsageError, console, escape, progress_bar
+from .faces import (AlignOption, DetectorOption, FaceOption, LandmarksOption, SaveAlignedOption, describe,
+                    open_aligner, show_note)
 
 MethodOption = typer.Option(DEFAULT_METHOD, "--method", help=method_help())
 
@@ -74,6 +76,11 @@ def invert(
     batch: int = BatchOption,
     device: str = DeviceOption,
     debug: bool = DebugOption,
+    align: str = AlignOption,
+    face: str = FaceOption,
+    detector: str = DetectorOption,
+    landmarks: Path = LandmarksOption,
+    save_aligned: bool = SaveAlignedOption,
     method_options: dict = None,
 ):
     """Find photos in the generator's latent space; write reconstructions and latent codes.
@@ -82,6 +89,9 @@ def invert(
     the pack and method recorded), OUT/NAME.mask.png for a method that makes invertibility masks (samm: white = taken
     from the input); --compare adds OUT/NAME_compare.png. Inputs sharing a NAME (a.png, a.jpg) write
     a_png.* and a_jpg.*. A failing file does not stop the batch; the exit code is 1 when any failed.
+
+    A photo that is not an aligned crop of the pack's size has its faces found and aligned (--align); OUT/NAME.png is
+    then the photo with the reconstructed faces pasted back, and each face's codes go to NAME_faceK.latent.safetensors.
 
     Example: stylecli invert photos/ -o out/ --method e4e
     """
@@ -95,10 +105,13 @@ def invert(
     if not files:
         raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
     runner, pack = _open_method(method, model, device, method_options)  # a pack that cannot serve creates no folder
+    aligner, note = open_aligner(files, pack, runner.resolution, align, face, detector, landmarks, device)
     writable_folder(out)  # before any work: an output folder that cannot be written is a usage error, not N failures
-    with progress_bar(f"inverting with {method}", len(files), runner) as advance:
+    show_note(note)
+    with progress_bar(f"inverting with {method}{describe(aligner)}", len(files), runner) as advance:
         results = invert_files(runner, pack.name, files, out, compare=compare, overwrite=overwrite, batch=batch,
-                               masks=get_method(method).makes_masks, on_file=lambda r: advance())
+                               masks=get_method(method).makes_masks, on_file=lambda r: advance(), aligner=aligner,
+                               save_aligned=save_aligned)
     _finish(results, json_output, "inverted", debug)
 
 
@@ -106,7 +119,9 @@ def edit(
     input: Path = typer.Argument(..., help="An image, a folder of images, or (with --latent) latent files."),
     direction: list[str] = typer.Option(..., "--direction", "-d", help="Direction name (repeatable)."),
     strength: list[str] = typer.Option(["1"], "--strength", "-s",
-                                       help="Strength per direction, or a sweep START:END:COUNT (one direction)."),
+                                       help="Strength per direction, or a sweep START:END:COUNT (one direction). "
+                                       "Linear directions: std of W along them; learned ones: std of their "
+                                       "attribute, within ±3 (binary: + adds, - removes)."),
     method: str = MethodOption,
     model: str = ModelOption,
     out: Path = typer.Option(Path("edited"), "--out", "-o", help="Output folder."),
@@ -115,16 +130,22 @@ def edit(
     batch: int = BatchOption,
     device: str = DeviceOption,
     debug: bool = DebugOption,
+    align: str = AlignOption,
+    face: str = FaceOption,
+    detector: str = DetectorOption,
+    landmarks: Path = LandmarksOption,
+    save_aligned: bool = SaveAlignedOption,
     method_options: dict = None,
 ):
     """Invert a photo, move its code along semantic directions, and write the edited photo.
 
     Several --direction/--strength pairs apply together. A sweep (--strength -3:3:7) writes a grid and an animated
-    GIF. `stylecli directions list` shows the pack's directions.
+    GIF. `stylecli directions list` shows the pack's directions. A photo that is not an aligned crop of the pack's
+    size has its faces found, aligned, edited and pasted back: the output is the same photo with the faces edited.
 
     Example: stylecli edit face.jpg --direction smile --strength 2 --method e4e
     """
-    from ..directions import DirectionError, get_direction
+    from ..directions import DirectionError, check_strengths, get_direction
     from ..fileio import writable_folder
     from ..imageio import list_images
     from ..latents import list_latents
@@ -146,21 +167,26 @@ def edit(
     if not sources:
         raise UsageError(f"{escape(input)}: nothing to edit" + (" (no .latent.safetensors files)" if latent else ""))
     runner, pack = _open_method(method, model, device, method_options)
+    aligner, note = (None, None) if latent else open_aligner(sources, pack, runner.resolution, align, face, detector,
+                                                             landmarks, device)
     writable_folder(out)
     try:
         edits = [(name, get_direction(pack, name).vector, s) for name, s in zip(direction, strengths)]
+        check_strengths(edits)  # a learned direction's range
     except DirectionError as exc:
         raise UsageError(str(exc)) from None
-    with progress_bar(f"editing with {method}", len(sources), runner) as advance:
+    show_note(note)
+    with progress_bar(f"editing with {method}{describe(aligner)}", len(sources), runner) as advance:
         results = edit_files(runner, pack.name, sources, edits, out, from_latents=latent, batch=batch,
-                             on_file=lambda r: advance())
+                             on_file=lambda r: advance(), aligner=aligner, save_aligned=save_aligned)
     _finish(results, json_output, "edited", debug)
 
 
 def blend(
     input: Path = typer.Argument(..., help="An image or a folder of images."),
     direction: list[str] = typer.Option([], "--direction", "-d", help="Also edit along this direction (repeatable)."),
-    strength: list[str] = typer.Option(["1"], "--strength", "-s", help="Strength per direction."),
+    strength: list[str] = typer.Option(["1"], "--strength", "-s", help="Strength per direction (linear: std of W "
+                                       "along it; learned: std of its attribute, within ±3)."),
     method: str = typer.Option("samm", "--method", help="A method that makes an invertibility mask (see `stylecli "
                                                         "methods`)."),
     base: str = typer.Option(DEFAULT_METHOD, "--base", help="The method whose plain result --compare shows beside."),
@@ -172,6 +198,11 @@ def blend(
     batch: int = BatchOption,
     device: str = DeviceOption,
     debug: bool = DebugOption,
+    align: str = AlignOption,
+    face: str = FaceOption,
+    detector: str = DetectorOption,
+    landmarks: Path = LandmarksOption,
+    save_aligned: bool = SaveAlignedOption,
     method_options: dict = None,
 ):
     """Invert and blend out-of-domain content (accessories, occluders, background) back from the input; with
@@ -183,7 +214,7 @@ def blend(
 
     Example: stylecli blend face.png -d smile -s 2 --compare -o blended/
     """
-    from ..directions import DirectionError, get_direction
+    from ..directions import DirectionError, check_strengths, get_direction
     from ..fileio import writable_folder
     from ..imageio import READABLE_SUFFIXES, list_images
     from ..methods import METHODS, get_method
@@ -210,12 +241,15 @@ def blend(
         raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
     runner, pack = _open_method(method, model, device, method_options)
     base_runner = _open_method(base, model, device)[0] if compare else None
+    aligner, note = open_aligner(files, pack, runner.resolution, align, face, detector, landmarks, device)
     writable_folder(out)
     try:
         edits = [(name, get_direction(pack, name).vector, s[0]) for name, s in zip(direction, strengths)]
+        check_strengths(edits)  # a learned direction's range
     except DirectionError as exc:
         raise UsageError(str(exc)) from None
-    with progress_bar(f"blending with {method}", len(files), runner) as advance:
+    show_note(note)
+    with progress_bar(f"blending with {method}{describe(aligner)}", len(files), runner) as advance:
         results = blend_files(runner, base_runner, pack.name, files, out, edits, compare=compare, overwrite=overwrite,
-                              batch=batch, on_file=lambda r: advance())
+                              batch=batch, on_file=lambda r: advance(), aligner=aligner, save_aligned=save_aligned)
     _finish(results, json_output, "blended", debug)

@@ -15,7 +15,7 @@ from typing import Optional
 
 import typer
 
-from .common import DeviceOption, UsageError, console, escape, progress_bar
+from .common import DeviceOption, UsageError, console, escape, train_with_progress
 
 train_app = typer.Typer(help="Train a generator, the domain network, or a method's networks.\n\n"
                              "Runs checkpoint atomically to RUN_DIR/checkpoint.pt and continue with --resume; run "
@@ -71,17 +71,8 @@ def run_target(target, values: dict) -> None:
         trainer = target.make_trainer(config, resume=resume)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from None
-    done, total = trainer.progress()
-    report = trainer.ctx.is_main
-    with progress_bar(f"training {target.name} ({escape(str(run_dir))}), {target.unit}", total) as advance:
-        advance(done)
-        position = [done]
-
-        def on_progress(now: int, record: dict) -> None:
-            advance(now - position[0])
-            position[0] = now
-
-        trainer.run(on_progress=on_progress if report else None)
+    train_with_progress(trainer, f"training {target.name} ({escape(str(run_dir))}), {target.unit}",
+                        report=trainer.ctx.is_main)
     done, _ = trainer.progress()
     console.print(f"done: {done} {target.unit}; checkpoint in {escape(str(run_dir))}/ (add it to a pack with "
                   f"`stylecli weights from-runs PACK {escape(str(run_dir))}`)")

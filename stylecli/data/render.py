@@ -322,6 +322,41 @@ class _SilhouetteDraw:
         return call
 
 
+# Landmarks of a face, in canvas units (0..1 across the aligned canvas, x right, y down; pixel j of a render at
+# resolution R covers [j / R, (j + 1) / R)). The five points follow the 5-point convention of face detectors, in
+# image order: the eye on the image's left, the other eye, the nose tip, the mouth corner on the image's left, the
+# other corner. The formulas are render_face_layer's own (a test checks that the two agree).
+POINT_NAMES = ("eye_left", "eye_right", "nose", "mouth_left", "mouth_right")
+# The template of the aligned canvas: two fixed canvas points on its vertical midline. A face's canvas is placed in a
+# photo by a similarity transform; where these two points land in the photo gives that transform back exactly, which
+# no set of facial features can (eye spacing, yaw and smile move every feature relative to the canvas).
+TEMPLATE_POINTS = ((0.5, 0.3), (0.5, 0.8))
+
+
+def face_points(p: FaceParams) -> np.ndarray:
+    """[5, 2] canvas coordinates of the five landmarks (POINT_NAMES) of face `p` as render_face_layer draws it."""
+    cx, cy = 0.5 + 0.06 * p.yaw, 0.53
+    turn = 0.11 * p.yaw
+    ex_off = (0.075 + 0.03 * p.eye_spacing) * (1 - 0.25 * abs(p.yaw))
+    ey = cy - 0.02
+    nx = cx + turn * 1.2
+    nl = 0.06 + 0.04 * p.nose_length
+    my = cy + 0.13
+    mw = 0.075 + 0.025 * max(p.smile, 0)
+    corner = -0.045 * p.smile
+    return np.array([[cx + turn - ex_off, ey], [cx + turn + ex_off, ey], [nx + 0.01 * p.yaw, ey + nl],
+                     [cx + turn - mw, my + corner], [cx + turn + mw, my + corner]])
+
+
+def face_box(p: FaceParams) -> np.ndarray:
+    """[4, 2] canvas corners (top-left, bottom-left, bottom-right, top-right) of the face's box: the width of the face
+    (ears left out), from the top of the hair (the skull for a bald head) to the chin."""
+    cx, cy = 0.5 + 0.06 * p.yaw, 0.53
+    fw, fh = 0.25 * p.face_width, 0.32
+    top = cy - fh - (0.0 if p.hair_style == "bald" else 0.05)
+    return np.array([[cx - fw, top], [cx - fw, cy + fh], [cx + fw, cy + fh], [cx + fw, top]])
+
+
 def render(p: FaceParams, resolution: int = 64) -> Image.Image:
     """The face as an RGB image of resolution x resolution."""
     S = resolution * SUPERSAMPLE

@@ -173,14 +173,18 @@ class Method(ABC):
 
     @abstractmethod
     def edit(self, inversion: Inversion, direction: "torch.Tensor", strength: float) -> "torch.Tensor":
-        """The edited image [N, 3, R, R] for a W+ direction [num_ws, w_dim] (or [w_dim]) times `strength`, on the
-        inversion's device. `inversion` may come from a latent file (image None)."""
+        """The edited image [N, 3, R, R] for a W+ direction [num_ws, w_dim] (or [w_dim]) times `strength`, or a code
+        edit (a learned direction, several edits) at `strength`, on the inversion's device: a method moves its codes
+        by `stylecli.edits.edit_step(codes, direction, strength)`, which serves both. `inversion` may come from a
+        latent file (image None)."""
 
     def edit_inversion(self, inversion: Inversion, direction: "torch.Tensor", strength: float) -> Inversion:
         """The edit with what the edited pass makes besides the image: the moved codes, the image, and for a method
         with masks the mask of the edited pass (extras["mask"]). By default: `edit`'s image and no extras."""
+        from ..edits import edit_step
+
         image = self.edit(inversion, direction, strength)
         w = inversion.latents["w_plus"]
-        moved = w + strength * direction.to(w.device, w.dtype)
+        moved = w + edit_step(w, direction, strength)
         return Inversion(latents={**inversion.latents, "w_plus": moved}, image=image)
 

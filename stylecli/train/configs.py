@@ -58,3 +58,21 @@ class DomainNetTrainingConfig:
     checkpoint_every: int = setting(200, "Checkpoint interval in steps (also written at the end).", min=1)
     log_every: int = 25
     seed: int = setting(0, "Random seed.")
+
+
+@dataclass
+class DetectorTrainingConfig:
+    run_dir: str
+    steps: int = setting(3000, "Optimisation steps.", min=1)
+    batch: int = setting(16, "Scenes rendered per step.", min=1)
+    width: int = setting(32, "Channels of the detector's first full stage (the backbone widens to 4x).", min=8)
+    input_size: int = setting(160, "Longer side photos are resized to for detection (a multiple of 32).", min=64)
+    crop: int = setting(64, "Side of the refiner's canvas crops (a multiple of 16).", min=16)
+    crops_per_face: int = 3            # refiner crops per face and step (full, a third and a ninth of the jitter)
+    supersample: int = 2               # faces of training scenes are composited at 2x (the `scenes` set: 4x)
+    lr: float = setting(2e-3, "Adam learning rate (100 steps of warm-up, then cosine decay).")
+    workers: int = setting(1, "Processes that render scenes beside training (0: none).", min=0)
+    checkpoint_every: int = setting(200, "Checkpoint interval in steps (also written at the end).", min=1)
+    log_every: int = 25
+    seed: int = setting(0, "Random seed.")
+    device: str = "cpu"

@@ -44,7 +44,7 @@ class TrainingSpec:
 
 def _targets() -> dict[str, TrainingSpec]:
     from ..methods import METHODS
-    from .configs import DomainNetTrainingConfig, GeneratorTrainingConfig
+    from .configs import DetectorTrainingConfig, DomainNetTrainingConfig, GeneratorTrainingConfig
 
     own = (
         TrainingSpec("generator", "Train a StyleGAN2 generator and discriminator (StyleGAN2 config-f objective).",
@@ -55,6 +55,10 @@ def _targets() -> dict[str, TrainingSpec]:
                      "heads) on rendered faces.", DomainNetTrainingConfig,
                      "stylecli.train.domainnet:DomainNetTrainer", "stylecli.train.export:domainnet_from_run",
                      "stylecli train domainnet --steps 1500 --run-dir runs/dn"),
+        TrainingSpec("detector", "Train the synthetic domain's face detector and landmark refiner on rendered scenes "
+                     "(what `--align` uses on synthface photos).", DetectorTrainingConfig,
+                     "stylecli.train.detector:DetectorTrainer", "stylecli.train.detector:detector_from_run",
+                     "stylecli train detector --steps 3000 --run-dir runs/detector"),
     )
     methods = tuple(spec.training for spec in METHODS.values() if spec.training is not None)
     return {t.name: t for t in own + methods}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ...edits import edit_step
 from ...packs import Pack
 from ..base import Inversion, Method
 from . import NETWORK
@@ -46,8 +47,8 @@ class E4E(Method):
 
     @torch.no_grad()
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
-        """direction [num_ws, w_dim] (or [w_dim]) in W+, added `strength` times to every code; the image comes
-        back on the codes' device."""
-        codes = inversion.latents["w_plus"]
-        w = codes.to(self.device) + strength * direction.to(self.device, codes.dtype)
-        return self.G.synthesis(w, noise_mode="const").to(codes.device)
+        """direction [num_ws, w_dim] (or [w_dim]) in W+, added `strength` times to every code, or a learned edit at
+        `strength` (`edit_step`); the image comes back on the codes' device."""
+        codes = inversion.latents["w_plus"].to(self.device)
+        w = codes + edit_step(codes, direction, strength)
+        return self.G.synthesis(w, noise_mode="const").to(inversion.latents["w_plus"].device)

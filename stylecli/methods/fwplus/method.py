@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ...edits import edit_step
 from ...optimize import OptimizeConfig, optimize_codes
 from ...packs import Pack
 from ..base import Inversion, Method
@@ -149,13 +150,14 @@ class FWPlus(Method):
 
     @torch.no_grad()
     def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
-        """direction [num_ws, w_dim] (or [w_dim]) times `strength` added to the W+ rows after the base layer only: the
-        base code, which holds the head's place, size and tilt, and the rows before it stay as they were."""
+        """direction [num_ws, w_dim] (or [w_dim]) times `strength`, or a learned edit at `strength` (`edit_step`),
+        moves the W+ rows after the base layer only: the base code, which holds the head's place, size and tilt, and
+        the rows before it stay as they were."""
         codes = inversion.latents["w_plus"]
         f_base = self._base_of(inversion)
-        d = direction.to(self.device, codes.dtype).expand(self.G.num_ws, self.G.w_dim)
         w = codes.to(self.device).clone()
-        w[:, self.first:] += strength * d[self.first:]
+        step = edit_step(w, direction, strength).expand(len(w), self.G.num_ws, self.G.w_dim)
+        w[:, self.first:] += step[:, self.first:]
         image = synthesize_from_base(self.G, f_base.to(self.device), w)
         return Inversion(latents={**inversion.latents, "w_plus": w.to(codes.device)}, image=image.to(codes.device))
 

@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ...edits import edit_step
 from ...losses import LossNetworks
 from ...optimize import OptimizeConfig, optimize_codes
 from ...packs import Pack
@@ -125,8 +126,9 @@ class IDInvert(Method):
 
     @torch.no_grad()
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
-        """direction [num_ws, w_dim] (or [w_dim]) in W+, added `strength` times to the optimised code; the image
-        comes back on the codes' device."""
+        """direction [num_ws, w_dim] (or [w_dim]) in W+, added `strength` times to the optimised code, or a learned
+        edit at `strength` (`edit_step`); the image comes back on the codes' device."""
         codes = inversion.latents["w_plus"]
-        w = codes.to(self.device) + strength * direction.to(self.device, codes.dtype)
+        w = codes.to(self.device)
+        w = w + edit_step(w, direction, strength)
         return self.G.synthesis(w, noise_mode="const").to(codes.device)

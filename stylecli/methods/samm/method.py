@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...edits import edit_step
 from ...packs import Pack
 from ..base import Inversion, Method
 from ..e4e.method import encode
@@ -94,7 +95,8 @@ class SAMMMethod(Method):
         codes = inversion.latents["w_plus"]
         x = from_source(inversion.extras.get("source"), self.resolution).to(self.device)
         taps = scale_features(self.net, encode(self.E, x, with_features=True)[1])
-        w = codes.to(self.device) + strength * direction.to(self.device, codes.dtype)
+        w = codes.to(self.device)
+        w = w + edit_step(w, direction, strength)  # a W+ direction or a learned edit
         result = samm_pass(self.G, self.net, x, w, taps)
         back = lambda t: t.to(codes.device)
         return Inversion(latents={"w_plus": back(w)}, image=back(result.image),

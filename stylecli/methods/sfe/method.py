@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from ...edits import edit_step
 from ...packs import Pack
 from ..base import Inversion, Method, MethodUnavailable
 from ..e4e.method import encode
@@ -103,11 +104,13 @@ class SFEMethod(Method):
 
     @torch.no_grad()
     def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
-        """The edit by `strength` x `direction` on top of any edit the inversion already carries (`w_offset`): the
-        editor always sees the inversion's own F_k and the whole offset, as in training, so edits chain and an
-        edit undone gives the inversion back."""
+        """The edit by `strength` x `direction` (a learned edit: its step from the code as edited so far) on top of
+        any edit the inversion already carries (`w_offset`): the editor always sees the inversion's own F_k and the
+        whole offset, as in training, so edits chain and an edit undone gives the inversion back. A learned edit's
+        step is taken at the inversion's own code and carried to w_E, so the editor's Delta is the generator's
+        feature change for that very step."""
         w, f_k, w_e4e, offset = self._codes(inversion)
-        total = offset + strength * direction.to(self.device, w.dtype)
+        total = offset + edit_step(w + offset, direction, strength)
         moved = w + total
         delta = edit_delta(self.G, w_e4e, total, self.layer)
         _, skip = generator_feature(self.G, moved, self.layer)

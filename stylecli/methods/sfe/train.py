@@ -106,8 +106,10 @@ class SFETrainer(StepTrainer):
             self.trained = self.inverter
         else:
             self.inverter.eval().requires_grad_(False)
-            self.directions = torch.stack([d.vector for d in load_directions(pack).values()]).to(dev) \
-                if load_directions(pack) else None
+            # The W+ directions (the editor learns Delta of vectors; a learned edit's Delta comes through the same
+            # editor at inference, `SFEMethod.edit_inversion`).
+            linear = [d.vector for d in load_directions(pack).values() if not d.learned]
+            self.directions = torch.stack(linear).to(dev) if linear else None
             if self.directions is None:
                 raise ValueError(f"pack {pack.name!r} has no edit directions for the editor phase")
             self.editor = FeatureEditor(icfg.feature_channels, cfg.editor_blocks).to(dev).train()
