@@ -11,8 +11,7 @@ from PIL import Image
 
 from stylecli.methods.e4e.encoder import Encoder4Editing, EncoderConfig
 from stylecli.methods.e4e.train import E4ETrainer, E4ETrainingConfig
-from stylecli.train.domainnet import DomainNetTrainer, DomainNetTrainingConfig
-from stylecli.train.generator import GeneratorTrainer, GeneratorTrainingConfig
+from tiny_runs import train_tiny_runs
 
 TINY_ENCODER = dict(widths=[8, 8, 16, 16], units=[1, 1, 1, 1], stem=8)
 
@@ -24,10 +23,7 @@ def cli(*args):
 @pytest.fixture(scope="module")
 def pack(tmp_path_factory):
     root = tmp_path_factory.mktemp("e4e")
-    GeneratorTrainer(GeneratorTrainingConfig(run_dir=str(root / "g"), resolution=32, z_dim=16, w_dim=16,
-                                             mapping_layers=2, channel_base=256, channel_max=16, batch=4,
-                                             kimg=0.004)).run()
-    DomainNetTrainer(DomainNetTrainingConfig(run_dir=str(root / "dn"), resolution=32, identities=4, steps=1)).run()
+    train_tiny_runs(root)
     pack = root / "packs" / "tinyface"
     out = cli("weights", "from-runs", str(pack), str(root / "g"), str(root / "dn"))
     assert out.returncode == 0, out.stderr

@@ -12,9 +12,8 @@ import pytest
 import torch
 
 from stylecli.edits import (Calibration, EditChain, LearnedEdit, calibrated_shift, combine, edit_step, moved_to)
-from stylecli.train.domainnet import DomainNetTrainer, DomainNetTrainingConfig
 from stylecli.train.edits import EditTrainer, EditTrainingConfig
-from stylecli.train.generator import GeneratorTrainer, GeneratorTrainingConfig
+from tiny_runs import train_tiny_runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,10 +28,7 @@ def cli(*args):
 def tiny(tmp_path_factory):
     """A pack with a tiny generator (32 px, W of 16 dims) and a domain network, and one with the generator alone."""
     root = tmp_path_factory.mktemp("learned")
-    GeneratorTrainer(GeneratorTrainingConfig(run_dir=str(root / "g"), resolution=32, z_dim=16, w_dim=16,
-                                             mapping_layers=2, channel_base=256, channel_max=16, batch=4,
-                                             kimg=0.004)).run()
-    DomainNetTrainer(DomainNetTrainingConfig(run_dir=str(root / "dn"), resolution=32, identities=4, steps=1)).run()
+    train_tiny_runs(root)
     out = cli("weights", "from-runs", str(root / "pack"), str(root / "g"), str(root / "dn"))
     assert out.returncode == 0, out.stderr
     out = cli("weights", "from-runs", str(root / "bare"), str(root / "g"))
