@@ -26,6 +26,7 @@ from stylecli.faces.align import (FFHQ_TEMPLATE_512, Alignment, Face, align, cro
 from stylecli.faces.detect import DlibDetector, LandmarkError, LandmarkFile, open_detector
 from stylecli.faces.photos import PhotoAligner, choose_faces, parse_face_choice, recipe_of
 from stylecli.imageio import load_image
+from stylecli.packs import Pack
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "weights" / "synthface-64"
@@ -307,6 +308,21 @@ def test_align_off_and_auto_keep_aligned_crops_as_they_were(tmp_path, photos):
         assert auto.returncode == 0 and "note: images that are not 64x64 aligned crops are used whole" in auto.stderr
         on = cli("invert", photos / "000000.png", "-o", tmp_path / "on", "--align", "on", "--device", "cpu")
         assert on.returncode == 2 and "face_detector" in on.stderr and len(on.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.skipif(not Pack.open("synthface-64").has("face_detector"), reason="the pack ships no face_detector")
+def test_the_shipped_detector_finds_and_aligns_scene_faces(tmp_path, photos):
+    """The shipped synth detector meets the issue's figures on scenes it was not measured on at export (TRAINING.md:
+    200 scenes) and is what a plain command opens (no --landmarks, the default --device auto)."""
+    from stylecli.faces.detect import SynthDetector
+    from stylecli.train.detector import evaluate_detector
+
+    report = evaluate_detector(SynthDetector(Pack.open("synthface-64").load("face_detector")), count=12, start=500)
+    assert report["recall_iou50"] >= 0.95 and report["false_per_photo"] <= 0.1
+    assert report["landmark_error_iod"] <= 0.04 and report["aligned_psnr_db"] >= 28
+    out = cli("invert", photos / "000001.png", "-o", tmp_path / "auto")
+    assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
+    assert len(list((tmp_path / "auto").glob("000001_face*.latent.safetensors"))) == 2
 
 
 def _shipped_pack_has_a_detector() -> bool:

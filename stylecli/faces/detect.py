@@ -327,6 +327,8 @@ def open_detector(name: str, pack=None, recipe: str = "ffhq", device="cpu", land
     is missing."""
     if landmarks is not None:
         return LandmarkFile(landmarks)
+    from ..models import resolve_device
+    device = resolve_device(device)  # --device auto reaches here as given
     if name not in DETECTORS:
         raise DetectorUnavailable(f"unknown detector {name!r}; choose from {', '.join(DETECTORS)}")
     if name == "auto":
