@@ -9,8 +9,8 @@ import typer
 
 from ..methods import DEFAULT_METHOD, method_help
 from .common import DeviceOption, ModelOption, UsageError, console, escape, progress_bar
-from .faces import (AlignOption, DetectorOption, FaceOption, LandmarksOption, SaveAlignedOption, describe,
-                    open_aligner, show_note)
+from .faces import (AlignOption, DetectorOption, FaceOption, LandmarksOption, PasteMaskOption, SaveAlignedOption,
+                    describe, open_aligner, show_note)
 
 MethodOption = typer.Option(DEFAULT_METHOD, "--method", help=method_help())
 
@@ -81,6 +81,7 @@ def invert(
     detector: str = DetectorOption,
     landmarks: Path = LandmarksOption,
     save_aligned: bool = SaveAlignedOption,
+    paste_mask: str = PasteMaskOption,
     method_options: dict = None,
 ):
     """Find photos in the generator's latent space; write reconstructions and latent codes.
@@ -105,7 +106,7 @@ def invert(
     if not files:
         raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
     runner, pack = _open_method(method, model, device, method_options)  # a pack that cannot serve creates no folder
-    aligner, note = open_aligner(files, pack, runner.resolution, align, face, detector, landmarks, device)
+    aligner, note = open_aligner(files, pack, runner.resolution, align, face, detector, landmarks, device, paste_mask)
     writable_folder(out)  # before any work: an output folder that cannot be written is a usage error, not N failures
     show_note(note)
     with progress_bar(f"inverting with {method}{describe(aligner)}", len(files), runner) as advance:
@@ -135,6 +136,7 @@ def edit(
     detector: str = DetectorOption,
     landmarks: Path = LandmarksOption,
     save_aligned: bool = SaveAlignedOption,
+    paste_mask: str = PasteMaskOption,
     method_options: dict = None,
 ):
     """Invert a photo, move its code along semantic directions, and write the edited photo.
@@ -168,7 +170,7 @@ def edit(
         raise UsageError(f"{escape(input)}: nothing to edit" + (" (no .latent.safetensors files)" if latent else ""))
     runner, pack = _open_method(method, model, device, method_options)
     aligner, note = (None, None) if latent else open_aligner(sources, pack, runner.resolution, align, face, detector,
-                                                             landmarks, device)
+                                                             landmarks, device, paste_mask)
     writable_folder(out)
     try:
         edits = [(name, get_direction(pack, name).vector, s) for name, s in zip(direction, strengths)]
@@ -203,6 +205,7 @@ def blend(
     detector: str = DetectorOption,
     landmarks: Path = LandmarksOption,
     save_aligned: bool = SaveAlignedOption,
+    paste_mask: str = PasteMaskOption,
     method_options: dict = None,
 ):
     """Invert and blend out-of-domain content (accessories, occluders, background) back from the input; with
@@ -241,7 +244,7 @@ def blend(
         raise UsageError(f"{escape(input)}: no images found (readable: {', '.join(READABLE_SUFFIXES)})")
     runner, pack = _open_method(method, model, device, method_options)
     base_runner = _open_method(base, model, device)[0] if compare else None
-    aligner, note = open_aligner(files, pack, runner.resolution, align, face, detector, landmarks, device)
+    aligner, note = open_aligner(files, pack, runner.resolution, align, face, detector, landmarks, device, paste_mask)
     writable_folder(out)
     try:
         edits = [(name, get_direction(pack, name).vector, s[0]) for name, s in zip(direction, strengths)]

@@ -1,5 +1,5 @@
 """The options `invert`, `edit` and `blend` share for photos that are not aligned crops: --align, --face,
---detector, --landmarks, --save-aligned; and opening the aligner they describe (stylecli.faces)."""
+--detector, --landmarks, --save-aligned, --paste-mask; and opening the aligner they describe (stylecli.faces)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,13 @@ LandmarksOption = typer.Option(None, "--landmarks",
                                     "README), used instead of a detector.")
 SaveAlignedOption = typer.Option(False, "--save-aligned", help="Also write each face's aligned crop "
                                                                "(NAME_faceK.aligned.png).")
+PasteMaskOption = typer.Option("auto", "--paste-mask",
+                               help="How faces are blended back into a photo: ellipse (a feathered ellipse around "
+                                    "the face); parser (the face's outline from facexlib's face parser: skin, brows, "
+                                    "eyes, nose, mouth, while hair, ears, neck and background stay the photo's; needs "
+                                    "parsing_bisenet.pth or parsing_parsenet.pth in the pack folder or "
+                                    "~/.cache/stylecli/facexlib/); auto: parser when those weights are found and "
+                                    "the pack is of real faces, else ellipse.")
 
 
 def _needs_alignment(files: list[Path], resolution: int) -> bool:
@@ -43,18 +50,26 @@ def _needs_alignment(files: list[Path], resolution: int) -> bool:
 
 
 def open_aligner(files: list[Path], pack, resolution: int, align: str, face: str, detector: str,
-                 landmarks: Optional[Path], device: str) -> tuple[object | None, str | None]:
+                 landmarks: Optional[Path], device: str, paste_mask: str = "auto"
+                 ) -> tuple[object | None, str | None]:
     """(The `stylecli.faces.PhotoAligner` the options ask for, or None when images are used whole; a note for the
     user or None):
     1. --align off, or auto when every input already is a square of the pack's resolution (no detector is opened);
-    2. a bad --align, --face or --detector, and a --landmarks file that cannot be read, are usage errors;
+    2. a bad --align, --face, --detector or --paste-mask, and a --landmarks file that cannot be read, are usage
+       errors;
     3. auto with no detector that can run here makes a note (`show_note`, once the command is sure to run) and uses
-       images whole; on makes it a usage error."""
+       images whole; on makes it a usage error;
+    4. --paste-mask parser without a face parser that can run here (no weights, a synthetic pack) is a usage error;
+       auto uses the parser when its weights are found for a real-face pack, and a weights file there that does not
+       load makes a note and the ellipse."""
     from ..faces.detect import DetectorUnavailable, LandmarkError, open_detector
+    from ..faces.parse import PASTE_MASKS, ParserUnavailable, open_parser
     from ..faces.photos import ALIGN_MODES, PhotoAligner, parse_face_choice, recipe_of
 
     if align not in ALIGN_MODES:
         raise UsageError(f"--align {align!r}: use {', '.join(ALIGN_MODES)}")
+    if paste_mask not in PASTE_MASKS:
+        raise UsageError(f"--paste-mask {paste_mask!r}: use {', '.join(PASTE_MASKS)}")
     try:
         choice = parse_face_choice(face)
     except ValueError as exc:
@@ -71,7 +86,13 @@ def open_aligner(files: list[Path], pack, resolution: int, align: str, face: str
             raise UsageError(str(exc)) from None
         return None, (f"note: images that are not {resolution}x{resolution} aligned crops are used whole (resized): "
                       f"{exc} (--align on makes this an error)")
-    return PhotoAligner(found, recipe, resolution, align, choice), None
+    try:
+        parser, note = open_parser(paste_mask, pack, recipe, device), None
+    except ParserUnavailable as exc:
+        if paste_mask != "auto":
+            raise UsageError(str(exc)) from None
+        parser, note = None, f"note: faces are pasted back with the ellipse mask: {exc}"
+    return PhotoAligner(found, recipe, resolution, align, choice, parser), note
 
 
 def show_note(note: str | None) -> None:
@@ -81,4 +102,7 @@ def show_note(note: str | None) -> None:
 
 def describe(aligner) -> str:
     """A progress-bar word for what happens to photos."""
-    return "" if aligner is None else f", aligning faces ({escape(aligner.detector.name)})"
+    if aligner is None:
+        return ""
+    parser = f", {aligner.parser.name} mask" if aligner.parser is not None else ""
+    return f", aligning faces ({escape(aligner.detector.name)}{parser})"

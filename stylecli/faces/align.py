@@ -266,9 +266,15 @@ def face_mask(size: int, recipe: str) -> np.ndarray:
     synthetic canvas: skull, hair and chin; an FFHQ crop: forehead to chin), 1 inside and falling smoothly to exactly 0
     at its edge; the falling band is 12 % of the crop wide."""
     centre, radii = ((0.5, 0.5), (0.35, 0.40)) if recipe == "synthetic" else ((0.5, 0.56), (0.34, 0.42))
+    return ellipse_mask(size, centre, radii, 0.12)
+
+
+def ellipse_mask(size: int, centre: tuple[float, float], radii: tuple[float, float], feather: float) -> np.ndarray:
+    """[size, size] float32: 1 inside the ellipse of `centre` and `radii` (fractions of the crop's side), falling
+    smoothly to exactly 0 at its edge over a band `feather` of the crop wide (measured along the shorter radius)."""
     yy, xx = (np.mgrid[0:size, 0:size].astype(np.float64) + 0.5) / size
     r = np.sqrt(((xx - centre[0]) / radii[0]) ** 2 + ((yy - centre[1]) / radii[1]) ** 2)
-    band = 0.12 / min(radii)                   # the feather's width in units of the normalised radius
+    band = feather / min(radii)                # the feather's width in units of the normalised radius
     t = np.clip((1 - r) / band, 0, 1)
     return (t * t * (3 - 2 * t)).astype(np.float32)  # smoothstep: no kink where the band begins
 

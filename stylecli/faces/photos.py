@@ -2,8 +2,10 @@
 
 `PhotoAligner.prepare(photo, source)` finds the faces (a `Detector`), keeps those `--face` asks for, and aligns each to
 the pack's resolution by the pack's recipe; `AlignedPhoto.compose(images)` pastes the method's outputs back into the
-photo with a feathered mask, so the photo keeps its size and every pixel away from the faces. `--align auto` leaves an
-image that already is an aligned crop (square, of the pack's resolution) as it is.
+photo with a feathered mask, so the photo keeps its size and every pixel away from the faces. The mask is an ellipse
+around the face (`face_mask`), or with a face parser (`--paste-mask`, stylecli.faces.parse) the face's own outline,
+parsed once per face from its aligned crop. `--align auto` leaves an image that already is an aligned crop (square,
+of the pack's resolution) as it is.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class AlignedFace:
     face: Face              # where the detector found it
     alignment: Alignment    # the crop's square in the photo
     crop: Image.Image       # the aligned crop, resolution x resolution
+    mask: np.ndarray | None = None  # its paste mask from a face parser ([S, S] in the crop's frame); None: the ellipse
 
 
 @dataclass
@@ -78,11 +81,12 @@ class AlignedPhoto:
                 onto: Image.Image | None = None) -> tuple[Image.Image, np.ndarray]:
         """The photo (or `onto`, a picture of its size) with `images` (one per face, the method's outputs at any
         size) pasted back; `masks` (one per face, in the crop's frame) narrow the paste further (multiplied with the
-        face mask). Returns the picture and its blend weights [H, W] (0: the input's own pixel)."""
+        face mask: the parser's when the face has one, else the ellipse). Returns the picture and its blend weights
+        [H, W] (0: the input's own pixel)."""
         assert len(images) == len(self.faces), f"{len(images)} images for {len(self.faces)} faces"
         crops = []
         for k, (face, image) in enumerate(zip(self.faces, images)):
-            mask = face_mask(face.alignment.size, self.recipe)
+            mask = face.mask if face.mask is not None else face_mask(face.alignment.size, self.recipe)
             if masks is not None:
                 extra = np.asarray(Image.fromarray(np.asarray(masks[k], np.float32), "F")
                                    .resize(mask.shape[::-1], Image.BILINEAR), dtype=np.float32)
@@ -97,11 +101,14 @@ class PhotoAligner:
     detector -- a `stylecli.faces.detect.Detector`;
     recipe -- "ffhq" or "synthetic" (`recipe_of(pack)`);
     mode -- "on": always align; "auto": align unless the image already is a square of `resolution`; "off": never;
-    face -- "all", "largest" or an index (`parse_face_choice`)."""
+    face -- "all", "largest" or an index (`parse_face_choice`);
+    parser -- a `stylecli.faces.parse.FaceParser` whose masks paste the faces back, or None for the ellipse."""
 
-    def __init__(self, detector, recipe: str, resolution: int, mode: str = "auto", face: str | int = "all"):
+    def __init__(self, detector, recipe: str, resolution: int, mode: str = "auto", face: str | int = "all",
+                 parser=None):
         assert mode in ALIGN_MODES, mode
         self.detector, self.recipe, self.resolution, self.mode, self.face = detector, recipe, resolution, mode, face
+        self.parser = parser
 
     def wants(self, photo: Image.Image) -> bool:
         """Whether `photo` is aligned before the method sees it."""
@@ -130,4 +137,7 @@ class PhotoAligner:
                 aligned.append(AlignedFace(index, face, alignment, crop_face(photo, alignment)))
             except ValueError as exc:  # degenerate landmarks, a crop entirely outside the photo
                 raise ImageError(f"{name}: face {index}: {exc}") from None
+        if self.parser is not None:  # a face the parser finds too little of keeps the ellipse (mask None)
+            for item, mask in zip(aligned, self.parser.paste_masks([item.crop for item in aligned])):
+                item.mask = mask
         return AlignedPhoto(photo, aligned, self.recipe)
