@@ -178,6 +178,31 @@ def test_training_moves_only_the_taps_and_blocks_and_resumes_exactly(tmp_path, p
         torch.testing.assert_close(resumed.ema.state_dict()[key], value, msg=key)
 
 
+def test_no_progressive_trains_every_scale_and_the_perceptual_terms_judge_the_chosen_image(tmp_path, pack,
+                                                                                           monkeypatch):
+    """--no-progressive: every scale aligns and masks from the first step. `perceptual_on` picks the image the
+    perceptual, style and identity terms see: G's aligned output (the default) or the blend (the official)."""
+    from stylecli.methods.samm import train as samm_train
+
+    seen, real_pass = {}, samm_train.samm_pass
+    for judged in ("generated", "blend"):
+        trainer = samm_train.SAMMTrainer(_config(tmp_path / judged, steps=1, progressive=False, perceptual_on=judged))
+        assert trainer.active_scales() == len(trainer.net.scales) > 1
+
+        def spy(*args, **kw):
+            seen["result"] = real_pass(*args, **kw)
+            return seen["result"]
+
+        monkeypatch.setattr(samm_train, "samm_pass", spy)
+        calls = []
+        monkeypatch.setattr(trainer.losses, "perceptual", lambda y, x: calls.append(y) or (y - x).abs().mean([1, 2, 3]))
+        trainer.run()
+        want = seen["result"].generated if judged == "generated" else seen["result"].image
+        assert len(calls) == 1 and torch.equal(calls[0], want)
+    with pytest.raises(ValueError, match="perceptual_on 'both'"):
+        samm_train.SAMMTrainer(_config(tmp_path / "bad", perceptual_on="both"))
+
+
 def test_bad_training_setups_are_one_line_errors(tmp_path, pack):
     from stylecli.methods.samm.train import SAMMTrainer
     from stylecli.packs import write_pack

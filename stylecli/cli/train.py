@@ -34,8 +34,11 @@ def _flag_type(annotation) -> type:
 def _command(target) -> typing.Callable:
     """A Typer command for `target` (a TrainingSpec) whose parameters are the config's flags."""
     hints = typing.get_type_hints(target.config)
-    flag = lambda f: typer.Option(f.default, "--" + f.name.replace("_", "-"), help=f.metadata["help"],
-                                  min=f.metadata["min"])
+    def flag(f):
+        name = f.name.replace("_", "-")
+        if hints[f.name] is bool:  # --name/--no-name
+            return typer.Option(f.default, f"--{name}/--no-{name}", help=f.metadata["help"])
+        return typer.Option(f.default, "--" + name, help=f.metadata["help"], min=f.metadata["min"])
     params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=_flag_type(hints[f.name]),
                                 default=flag(f)) for f in target.flags()]
     params += [

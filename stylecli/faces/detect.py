@@ -184,21 +184,8 @@ class DlibDetector(Detector):
 def retinaface_weights(pack=None) -> tuple[str, Path] | None:
     """(model name, weights file) of RetinaFace found offline: in the pack folder, in ~/.cache/stylecli/facexlib, or
     where facexlib itself keeps its downloads (its package's weights/ folder); the larger ResNet-50 model first."""
-    folders = []
-    if pack is not None:
-        folders.append(Path(pack.root))
-    from ..packs.pack import user_packs_folder
-    folders.append(user_packs_folder().parent / "facexlib")
-    try:
-        import facexlib
-        folders.append(Path(facexlib.__file__).parent / "weights")
-    except ImportError:
-        pass
-    for model, file in RETINAFACE_FILES.items():
-        for folder in folders:
-            if (folder / file).is_file():
-                return model, folder / file
-    return None
+    from .parse import find_weights
+    return find_weights(RETINAFACE_FILES, pack)
 
 
 class RetinaFaceDetector(Detector):

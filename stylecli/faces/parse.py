@@ -66,7 +66,7 @@ class ParserUnavailable(Exception):
 
 
 def weight_folders(pack=None) -> list[Path]:
-    """Where facexlib's weights are looked for, in order (the same places as RetinaFace's): the pack folder,
+    """Where facexlib's weights are looked for, in order (RetinaFace's too): the pack folder,
     ~/.cache/stylecli/facexlib, and facexlib's own download folder (its package's weights/)."""
     folders = []
     if pack is not None:
@@ -81,14 +81,20 @@ def weight_folders(pack=None) -> list[Path]:
     return folders
 
 
-def parser_weights(pack=None) -> tuple[str, Path] | None:
-    """(model name, weights file) of a face parser found offline (see `weight_folders`), BiSeNet first."""
+def find_weights(files: dict, pack=None) -> tuple[str, Path] | None:
+    """(model name, weights file) of the first of `files` ({model: file name}, in order of preference) found in
+    `weight_folders`, or None."""
     folders = weight_folders(pack)
-    for model, file in PARSER_FILES.items():
+    for model, file in files.items():
         for folder in folders:
             if (folder / file).is_file():
                 return model, folder / file
     return None
+
+
+def parser_weights(pack=None) -> tuple[str, Path] | None:
+    """(model name, weights file) of a face parser found offline (see `weight_folders`), BiSeNet first."""
+    return find_weights(PARSER_FILES, pack)
 
 
 def restriction(size: int) -> np.ndarray:

@@ -86,6 +86,8 @@ def mask_loss(mask: torch.Tensor, cap: float, binary_weight: float) -> torch.Ten
 class SAMMTrainer(StepTrainer):
     def __init__(self, cfg: SAMMTrainingConfig, resume: bool = False):
         self.cfg = cfg
+        if cfg.perceptual_on not in ("blend", "generated"):
+            raise ValueError(f"perceptual_on {cfg.perceptual_on!r}: 'blend' or 'generated'")
         if cfg.ood_share + cfg.geometric_share > 1:
             raise ValueError("--ood-share and --geometric-share add up to more than 1")
         self.run_dir, self.ctx, self.batch_per_rank, pack = open_run(cfg, ("generator", BASE, "discriminator"),
@@ -113,9 +115,9 @@ class SAMMTrainer(StepTrainer):
         self.ema = copy.deepcopy(self.net).eval().requires_grad_(False)
         self.D = trainable_discriminator(pack, dev, cfg.batch, self.batch_per_rank)
         # The progressive schedule is fixed when a run starts (a resumed run with other --steps keeps it).
-        self.schedule = (state or {}).get("schedule") or (
+        self.schedule = (state or {}).get("schedule") or ((0, 0) if not cfg.progressive else (
             cfg.progressive_start if cfg.progressive_start is not None else int(cfg.steps * 0.1),
-            cfg.progressive_step if cfg.progressive_step is not None else int(cfg.steps * 0.2))
+            cfg.progressive_step if cfg.progressive_step is not None else int(cfg.steps * 0.2)))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr, betas=tuple(cfg.betas))
         self.opt_D = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr, betas=tuple(cfg.betas))
         scenes = {"ood": cfg.ood_share, "geometric": cfg.geometric_share} if cfg.data == "synth" else None
@@ -156,7 +158,9 @@ class SAMMTrainer(StepTrainer):
         start, every = self.schedule
         if self.step < start:
             return 1
-        return min(total, 2 + (self.step - start) // max(every, 1))
+        if every <= 0:  # --no-progressive
+            return total
+        return min(total, 2 + (self.step - start) // every)
 
     def train_step(self) -> dict:
         cfg, dev = self.cfg, self.ctx.device
@@ -172,9 +176,10 @@ class SAMMTrainer(StepTrainer):
         loss_d = self.discriminator_step(x, result.generated.detach())
 
         loss_mse = F.mse_loss(y, x)
-        loss_p = self.losses.perceptual(y, x).mean()
-        loss_style = style_distance(self.losses.features(y), [f.detach() for f in self.losses.features(x)]).mean()
-        loss_id = (1 - self.losses.identity(y, x)).mean()
+        judged = result.generated if cfg.perceptual_on == "generated" else y
+        loss_p = self.losses.perceptual(judged, x).mean()
+        loss_style = style_distance(self.losses.features(judged), [f.detach() for f in self.losses.features(x)]).mean()
+        loss_id = (1 - self.losses.identity(judged, x)).mean()
         loss_adv = F.softplus(-self.D(result.generated)).mean()
         caps = list(cfg.area_caps) + [cfg.area_caps[-1]] * len(self.net.scales)
         loss_mask = sum(mask_loss(result.alphas[r], caps[i], cfg.binary_weight)
@@ -215,7 +220,8 @@ class SAMMTrainer(StepTrainer):
 
 
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
-_FIXED_ON_RESUME = ("model", "data", "ood_share", "geometric_share", "batch", "scales", "lr", "seed")
+_FIXED_ON_RESUME = ("model", "data", "ood_share", "geometric_share", "batch", "scales", "lr", "seed", "progressive",
+                    "perceptual_on", "mse_weight")
 
 
 def _trained_samm(source: str) -> SAMM:
