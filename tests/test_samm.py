@@ -96,6 +96,27 @@ def test_blocks_sit_in_the_first_conv_of_their_blocks_and_a_closed_mask_is_e4e(p
     assert set(coarse_only.alphas) == {8}
 
 
+def test_a_restricted_samm_is_the_coarse_scales_alone(pack):
+    """Restricting to the coarsest scales gives what the full SAMM gives with only those scales active."""
+    from stylecli.methods.e4e.method import encode
+    from stylecli.methods.samm.method import samm_pass, scale_features
+
+    E, G = pack.load("e4e_encoder"), pack.generator()
+    gen = [G.synthesis.feature_shape(f"b{r}.conv0")[0] for r in (8, 16)]
+    full = SAMM([8, 16], gen, [E.feature_channels()[8], E.feature_channels()[16]])
+    for block in full.blocks:
+        torch.nn.init.normal_(block.align.head.weight, std=0.1)  # a mask that is not uniform
+    coarse = full.restricted(1)
+    assert coarse.scales == [8] and coarse.config["gen_channels"] == gen[:1]
+    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        codes, features = encode(E, x, with_features=True)
+        want = samm_pass(G, full, x, codes, scale_features(full, features), active=1)
+        got = samm_pass(G, coarse, x, codes, scale_features(coarse, features))
+    torch.testing.assert_close(got.image, want.image)
+    torch.testing.assert_close(got.mask, want.mask)
+
+
 def test_mask_loss_terms():
     m = torch.full((2, 1, 4, 4), 0.5)
     torch.testing.assert_close(mask_loss(m, cap=0.3, binary_weight=0.04), torch.tensor(0.04 * 0.5 + 0.2))

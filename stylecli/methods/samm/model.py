@@ -143,6 +143,15 @@ class SAMM(nn.Module):
         self.blocks = nn.ModuleList(SAMMBlock(g, min(2 * g, hidden_max), cycles, max_flow, alpha_bias, blur_padding)
                                     for g in gen_channels)
 
+    def restricted(self, count: int) -> "SAMM":
+        """A copy with only the `count` coarsest scales (their taps and blocks, weights shared): what ships when an
+        inference ablation finds the finer blocks of a run make the masks worse (TRAINING.md)."""
+        assert 1 <= count <= len(self.scales), f"count {count} of {len(self.scales)} scales"
+        config = {**self.config, **{k: self.config[k][:count] for k in ("scales", "gen_channels", "enc_channels")}}
+        coarse = SAMM(**config)
+        coarse.taps, coarse.blocks = nn.ModuleList(self.taps[:count]), nn.ModuleList(self.blocks[:count])
+        return coarse
+
     def layer_names(self) -> list[str]:
         """The synthesis layers whose features the blocks align (the first conv of each block)."""
         return [f"b{r}.conv0" for r in self.scales]
