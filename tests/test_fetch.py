@@ -211,6 +211,7 @@ def tiny_files(tmp_path_factory):
     torch.save({"mean": torch.zeros(1, 32), "comp": comp, "std": torch.tensor([4.0, 3.0, 2.0, 1.0])},
                root / "ffhq_pca.pt")
     (root / "sfe_tiny.pt").write_bytes(payload(1000, seed=4))
+    (root / "parsing_tiny.pth").write_bytes(payload(700, seed=5))
     files = {p.name: p.read_bytes() for p in root.iterdir() if p.name != "code_ran.txt"}
     return files, G, E, smile, comp, root / "code_ran.txt"
 
@@ -231,6 +232,7 @@ def tiny_recipe(server: FileServer, files: dict[str, bytes]) -> PackRecipe:
                       edits={"eye_openness": (1, 0, 2, 5.0), "nose_length": (2, 3, 5, -30.0)}, components=2),
         CatalogueFile("glasses.npy", url("glasses.npy"), "optional boundary", "test", "directions:boundary",
                       direction="glasses", optional=True),
+        CatalogueFile("parsing_tiny.pth", url("parsing_tiny.pth"), "face parser", "test", "file", optional=True),
     ))
 
 
@@ -284,6 +286,9 @@ def test_the_whole_pack_is_fetched_converted_and_edits(cli, tiny, tiny_files, tm
         assert torch.equal(pack.generator()(z, noise_mode="const"), G(z, noise_mode="const"))
         x = torch.rand(1, 3, 32, 32) * 2 - 1
         torch.testing.assert_close(pack.load("e4e_encoder")(x), E(x))
+    # A "file" entry is kept in the pack folder as it is (the real-photo path reads it from there).
+    assert (packs / "tiny-32" / "parsing_tiny.pth").read_bytes() == files["parsing_tiny.pth"]
+    assert "parsing_tiny.pth: kept in the pack folder as it is" in " ".join(err.split())
     prov = pack.manifest["provenance"]
     assert prov["generator"]["source_format"] == "nvidia-tf-pkl"
     assert prov["generator"]["sha256_check"] == "recorded, not verified"
@@ -387,13 +392,19 @@ def test_the_real_catalogue_names_every_file_with_a_licence_and_a_converter():
 
     names = {f.name for f in catalogue.CATALOGUE["ffhq-1024"].files}
     assert {"stylegan2-ffhq-config-f.pkl", "e4e_ffhq_encode.pt", "sfe_inverter_light.pt", "sfe_editor_light.pt",
-            "alexnet-owt-7be5be79.pth", "model_ir_se50.pth", "age.pt", "smile.pt", "pose.pt", "ffhq_pca.pt"} <= names
+            "alexnet-owt-7be5be79.pth", "model_ir_se50.pth", "age.pt", "smile.pt", "pose.pt", "ffhq_pca.pt",
+            "detection_Resnet50_Final.pth", "parsing_bisenet.pth"} <= names
+    # The real-photo path finds the "file" entries in the pack folder under these very names.
+    from stylecli.faces.detect import RETINAFACE_FILES
+    from stylecli.faces.parse import PARSER_FILES
+    assert {"detection_Resnet50_Final.pth", "parsing_bisenet.pth"} <= set(RETINAFACE_FILES.values()) | \
+        set(PARSER_FILES.values())
     for recipe in catalogue.CATALOGUE.values():
         assert any(f.converter == "stylegan2" for f in recipe.files)
         for f in recipe.files:
             assert f.licence and f.urls and all(u.startswith("https://") for u in f.urls)
             assert f.sha256 is None or re.fullmatch(r"[0-9a-f]{64}|[0-9a-f]{8}", f.sha256)
-            assert f.converter.split(":")[0] in ("stylegan2", "method", "loss", "directions")
+            assert f.converter.split(":")[0] in ("stylegan2", "method", "loss", "directions", "file")
     # torchvision's published prefix is the one in the file's own name.
     alexnet = next(f for f in catalogue.CATALOGUE["ffhq-1024"].files if f.name.startswith("alexnet-owt-"))
     assert alexnet.name == f"alexnet-owt-{alexnet.sha256}.pth"

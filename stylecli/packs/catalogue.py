@@ -16,6 +16,8 @@ Converters (`CatalogueFile.converter`):
 - "loss:NAME": `losses.loss_network_from_file` (lpips_alexnet, arcface).
 - "directions:boundary": an InterFaceGAN boundary, stored as the direction `direction`.
 - "directions:ganspace": a GANSpace PCA of W; `edits` names components as the official editors do.
+- "file": kept as it is in the pack folder, where the real-photo path finds it (facexlib's face detector and parser,
+  read by their own classes from the file).
 
 Google Drive serves some files (e4e and ArcFace are also on direct hosts where given first); when it answers with a
 quota or confirmation page the fetch stops with a one-line message, and `--from FOLDER` takes files copied by hand.
@@ -58,6 +60,7 @@ def _drive(file_id: str) -> str:
 
 
 _E4E_RAW = "https://raw.githubusercontent.com/omertov/encoder4editing/main/editings"
+_FACEXLIB = "https://github.com/xinntao/facexlib/releases/download"
 _SFE_HUB = "https://huggingface.co/AIRI-Institute/StyleFeatureEditor/resolve/main/pretrained_models"
 _SFE_RAW = "https://raw.githubusercontent.com/AIRI-Institute/StyleFeatureEditor/main/editings"
 NVIDIA_LICENCE = "NVIDIA Source Code License (non-commercial: research or evaluation only)"
@@ -135,10 +138,18 @@ FFHQ_1024 = PackRecipe(
         CatalogueFile(name="Eyeglasses_boundary.npy", urls=(f"{_SFE_RAW}/bound/Eyeglasses_boundary.npy",),
                       role="glasses boundary in W+ (SFE's editor)", licence="MIT (AIRI-Institute/StyleFeatureEditor)",
                       converter="directions:boundary", direction="glasses", optional=True),
-    ),
-    notes=(
-        "No face detector or landmark weights: stylecli has no real-photo alignment step yet; give `edit` aligned "
-        "1024x1024 FFHQ-style crops.",
+        # The real-photo path (`--detector retinaface`, `--paste-mask parser`): facexlib's releases, read from the pack
+        # folder by facexlib's own network classes. Optional: dlib (`pip install 'stylecli[faces]'`) detects without
+        # them, and the paste-back falls back to the ellipse.
+        CatalogueFile(name="detection_Resnet50_Final.pth",
+                      urls=(f"{_FACEXLIB}/v0.1.0/detection_Resnet50_Final.pth",),
+                      role="RetinaFace face detector with five landmarks (facexlib)",
+                      licence="MIT (xinntao/facexlib; RetinaFace trained on WIDER FACE)", converter="file",
+                      optional=True),
+        CatalogueFile(name="parsing_bisenet.pth", urls=(f"{_FACEXLIB}/v0.2.0/parsing_bisenet.pth",),
+                      role="BiSeNet face parser: the paste-back mask's face outline (facexlib)",
+                      licence="MIT (xinntao/facexlib; trained on CelebAMask-HQ, for non-commercial research)",
+                      converter="file", optional=True),
     ),
 )
 

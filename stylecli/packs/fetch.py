@@ -261,6 +261,13 @@ def convert_into_pack(recipe: PackRecipe, root: Path, outcomes: list[FileOutcome
                 save_directions(pack, directions)
                 outcome.status = f"directions: {', '.join(d.name for d in directions)}"
                 continue
+            if entry.converter == "file":  # read from the pack folder as it is (catalogue.py)
+                import shutil
+                with atomic_path(root / entry.name) as tmp:
+                    shutil.copyfile(outcome.path, tmp)
+                outcome.status = "kept in the pack folder as it is"
+                reporter.line(f"{entry.name}: {outcome.status}")
+                continue
             done = _already_converted(root, outcome)
             if done:
                 outcome.status = f"already in the pack: {', '.join(done)}"
