@@ -303,14 +303,22 @@ def test_align_off_and_auto_keep_aligned_crops_as_they_were(tmp_path, photos):
     assert Image.open(tmp_path / "off" / "000000.png").size == (64, 64)
     crop = cli("invert", ROOT / "examples" / "face.png", "-o", tmp_path / "crop", "--device", "cpu")
     assert crop.returncode == 0 and "note:" not in crop.stderr and "aligning" not in crop.stderr
-    if not _shipped_pack_has_a_detector():
-        auto = cli("invert", photos / "000000.png", "-o", tmp_path / "auto", "--device", "cpu")
-        assert auto.returncode == 0 and "note: images that are not 64x64 aligned crops are used whole" in auto.stderr
-        on = cli("invert", photos / "000000.png", "-o", tmp_path / "on", "--align", "on", "--device", "cpu")
-        assert on.returncode == 2 and "face_detector" in on.stderr and len(on.stderr.strip().splitlines()) == 1
+    # A pack without a detector (the shipped one, less its face_detector): auto says so once and uses photos whole;
+    # --align on makes that a usage error.
+    bare = tmp_path / "bare-pack"
+    shutil.copytree(SHIPPED, bare)
+    manifest = json.loads((bare / "manifest.json").read_text())
+    for section in ("networks", "provenance"):
+        manifest.get(section, {}).pop("face_detector", None)
+    manifest["files"].pop("face_detector.safetensors")
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    (bare / "face_detector.safetensors").unlink()
+    auto = cli("invert", photos / "000000.png", "-o", tmp_path / "auto", "--device", "cpu", "-m", bare)
+    assert auto.returncode == 0 and "note: images that are not 64x64 aligned crops are used whole" in auto.stderr
+    on = cli("invert", photos / "000000.png", "-o", tmp_path / "on", "--align", "on", "--device", "cpu", "-m", bare)
+    assert on.returncode == 2 and "face_detector" in on.stderr and len(on.stderr.strip().splitlines()) == 1
 
 
-@pytest.mark.skipif(not Pack.open("synthface-64").has("face_detector"), reason="the pack ships no face_detector")
 def test_the_shipped_detector_finds_and_aligns_scene_faces(tmp_path, photos):
     """The shipped synth detector meets the issue's figures on scenes it was not measured on at export (TRAINING.md:
     200 scenes) and is what a plain command opens (no --landmarks, the default --device auto)."""
@@ -323,11 +331,6 @@ def test_the_shipped_detector_finds_and_aligns_scene_faces(tmp_path, photos):
     out = cli("invert", photos / "000001.png", "-o", tmp_path / "auto")
     assert out.returncode == 0 and "note:" not in out.stderr, out.stderr
     assert len(list((tmp_path / "auto").glob("000001_face*.latent.safetensors"))) == 2
-
-
-def _shipped_pack_has_a_detector() -> bool:
-    from stylecli.packs import Pack
-    return Pack.open("synthface-64").has("face_detector")  # found as the commands find it
 
 
 def test_blend_pastes_faces_and_a_photo_sized_mask(tmp_path, photos):

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -262,7 +263,6 @@ def convert_into_pack(recipe: PackRecipe, root: Path, outcomes: list[FileOutcome
                 outcome.status = f"directions: {', '.join(d.name for d in directions)}"
                 continue
             if entry.converter == "file":  # read from the pack folder as it is (catalogue.py)
-                import shutil
                 with atomic_path(root / entry.name) as tmp:
                     shutil.copyfile(outcome.path, tmp)
                 outcome.status = "kept in the pack folder as it is"
