@@ -180,8 +180,13 @@ def encode_image(img: Image.Image, path: str | os.PathLike) -> bytes:
     if fmt is None or fmt not in Image.SAVE:
         raise ImageError(f"{printable(path)}: unknown image type {Path(path).suffix!r}")
     buffer = io.BytesIO()
+    options = {}
     profile = img.info.get("icc_profile")  # an input's (sRGB) profile travels with the pictures made from it
-    img.save(buffer, format=fmt, **({"icc_profile": profile} if profile and fmt != "GIF" else {}))
+    if profile and fmt != "GIF":
+        options["icc_profile"] = profile
+    if fmt == "PNG":  # zlib level 1: a photo encodes 4x faster than at PIL's default 6, for files ~15 % larger
+        options["compress_level"] = 1
+    img.save(buffer, format=fmt, **options)
     return buffer.getvalue()
 
 

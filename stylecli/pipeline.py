@@ -242,23 +242,56 @@ class _Input:
                 self.protected.check(output)
 
 
-def _load(chunk: list[tuple[Path, dict]], resolution: int, report: Callable[[FileResult], None],
-          aligner=None, protected: ProtectedPaths | None = None) -> list[_Input]:
-    """The files of `chunk` that read (and, with an `aligner`, hold the faces asked for); the others are
-    reported."""
-    loaded = []
+def _load(chunk: list[tuple[Path, dict]], resolution: int, aligner=None, protected: ProtectedPaths | None = None
+          ) -> tuple[list[_Input], list[FileResult]]:
+    """The files of `chunk` that read (and, with an `aligner`, hold the faces asked for), and the failures of the
+    others. The photos' faces are found by one call to the aligner (its detector batches what it can)."""
+    images, failures = [], []
     for path, outputs in chunk:
         try:
-            img = load_image(path)
-            photo = aligner.prepare(img, path) if aligner is not None else None
+            images.append((path, outputs, load_image(path)))
+        except Exception as exc:
+            failures.append(_failed(path, exc))
+    photos: list = [None] * len(images)
+    if aligner is not None and images:
+        try:
+            photos = aligner.prepare_many([img for _, _, img in images], [path for path, _, _ in images])
+        except Exception:  # an internal error in the batch: photo by photo, so that only its photo fails
+            photos = []
+            for path, _, img in images:
+                try:
+                    photos.append(aligner.prepare(img, path))
+                except Exception as exc:
+                    photos.append(exc)
+    loaded = []
+    for (path, outputs, img), photo in zip(images, photos):
+        try:
+            if isinstance(photo, Exception):
+                raise photo
             if photo is None:
                 x = image_to_tensor(img, resolution)
             else:
                 x = torch.cat([image_to_tensor(face.crop, resolution) for face in photo.faces])
             loaded.append(_Input(path, outputs, img, x, photo, protected))
         except Exception as exc:
-            report(_failed(path, exc))
-    return loaded
+            failures.append(_failed(path, exc))
+    return loaded, failures
+
+
+def _read_ahead(chunks: Iterable[list], load: Callable[[list], tuple[list, list[FileResult]]]
+                ) -> Iterable[tuple[list, list[FileResult]]]:
+    """load(chunk) for each chunk in order, the next chunk loaded in a thread while the caller works on the current
+    one: reading files and finding and aligning faces overlap the method's passes. The caller reports the failures
+    (in its own thread)."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        pending = None
+        for chunk in chunks:
+            following = reader.submit(load, chunk)
+            if pending is not None:
+                yield pending.result()
+            pending = following
+        if pending is not None:
+            yield pending.result()
 
 
 def _cat(inversions: list[Inversion]) -> Inversion:
@@ -316,8 +349,10 @@ def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: 
     # small images they cost about a fifth of the inversion. At most two batches wait, to bound memory.
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending: deque[Future] = deque()
-        for chunk in _batches(todo, batch):
-            loaded = _load(chunk, method.resolution, report, aligner, protected)
+        for loaded, failures in _read_ahead(_batches(todo, batch),
+                                            lambda chunk: _load(chunk, method.resolution, aligner, protected)):
+            for failure in failures:
+                report(failure)
             if loaded:
                 inversions = _invert_inputs(method, loaded, batch)
                 for item, inversion in zip(loaded, inversions):
@@ -382,19 +417,23 @@ def edit_files(method, pack_name: str, sources: list[Path], edits: list[tuple[st
             todo.append((path, outputs))
         except ImageError as exc:
             report(_failed(path, exc))
-    for chunk in _batches(todo, batch):
-        items = []
-        if from_latents:
-            for path, outputs in chunk:
-                try:
-                    items.append((path, outputs, load_latent(path, spec)[0]))
-                except Exception as exc:
-                    report(_failed(path, exc))
-        else:
-            loaded = _load(chunk, method.resolution, report, aligner, protected)
-            if loaded:
-                inversions = _invert_inputs(method, loaded, batch)
-                items = [(item.path, item.outputs, inversion, item) for item, inversion in zip(loaded, inversions)]
+    def load_latents(chunk: list) -> tuple[list, list[FileResult]]:
+        items, failures = [], []
+        for path, outputs in chunk:
+            try:
+                items.append((path, outputs, load_latent(path, spec)[0]))
+            except Exception as exc:
+                failures.append(_failed(path, exc))
+        return items, failures
+
+    load = load_latents if from_latents else (lambda chunk: _load(chunk, method.resolution, aligner, protected))
+    for loaded, failures in _read_ahead(_batches(todo, batch), load):
+        for failure in failures:
+            report(failure)
+        items = loaded
+        if not from_latents and loaded:
+            inversions = _invert_inputs(method, loaded, batch)
+            items = [(item.path, item.outputs, inversion, item) for item, inversion in zip(loaded, inversions)]
         for path, outputs, inversion, *source in items:
             picture = source[0].picture if source else (lambda images: tensor_to_images(images)[0])
             try:
@@ -455,8 +494,10 @@ def blend_files(method, base, pack_name: str, files: list[Path], out: Path,
 
     protected = ProtectedPaths(files) if aligner is not None else None  # for outputs named after faces
     skip_on = ("image",) if aligner is not None else None
-    for chunk in _batches(_plan(files, outputs_of, overwrite, report, skip_on), batch):
-        loaded = _load(chunk, method.resolution, report, aligner, protected)
+    for loaded, failures in _read_ahead(_batches(_plan(files, outputs_of, overwrite, report, skip_on), batch),
+                                        lambda chunk: _load(chunk, method.resolution, aligner, protected)):
+        for failure in failures:
+            report(failure)
         if not loaded:
             continue
         inversions = _invert_inputs(method, loaded, batch)

@@ -333,6 +333,41 @@ def test_the_shipped_detector_finds_and_aligns_scene_faces(tmp_path, photos):
     assert len(list((tmp_path / "auto").glob("000001_face*.latent.safetensors"))) == 2
 
 
+def test_photos_prepared_together_match_one_by_one_and_a_faceless_photo_fails_in_its_place(photos):
+    """The batched path (the refiner over a batch's faces at once, `prepare_many`) finds the same faces as photo by
+    photo; the photo without a face is an ImageError in its own place, the others are aligned."""
+    from stylecli.faces.detect import SynthDetector
+    from stylecli.faces.photos import AlignedPhoto, PhotoAligner
+
+    detector = SynthDetector(Pack.open("synthface-64").load("face_detector"))
+    images = [load_image(photos / f"00000{k}.png") for k in range(3)]
+    together = detector.detect_many(images)
+    for image, faces in zip(images, together):
+        alone = detector.detect(image)
+        assert len(alone) == len(faces)
+        for a, b in zip(alone, faces):
+            assert np.allclose(a.points, b.points, atol=1e-3) and np.allclose(a.template, b.template, atol=1e-3)
+    results = PhotoAligner(detector, "synthetic", 64, "on").prepare_many(images, ["a.png", "b.png", "c.png"])
+    assert [type(r).__name__ for r in results] == ["AlignedPhoto", "AlignedPhoto", "ImageError"]
+    assert "c.png: no face found" in str(results[2])
+    assert [len(r.faces) for r in results[:2]] == [1, 2] and all(isinstance(r, AlignedPhoto) for r in results[:2])
+
+
+def test_read_ahead_yields_every_chunk_in_order_and_passes_errors_on():
+    from stylecli.pipeline import _read_ahead
+
+    assert list(_read_ahead([[1, 2], [3], [4, 5]], lambda chunk: (chunk[::-1], []))) == \
+        [([2, 1], []), ([3], []), ([5, 4], [])]
+    assert list(_read_ahead([], lambda chunk: (chunk, []))) == []
+
+    def load(chunk):
+        if chunk == [3]:
+            raise RuntimeError("bug")
+        return chunk, []
+    with pytest.raises(RuntimeError, match="bug"):
+        list(_read_ahead([[1], [3], [4]], load))
+
+
 def test_blend_pastes_faces_and_a_photo_sized_mask(tmp_path, photos):
     out = cli("blend", photos / "000001.png", "--landmarks", photos / "labels.jsonl", "-o", tmp_path / "bl",
               "--device", "cpu", "--compare")

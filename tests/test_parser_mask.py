@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from stylecli.faces.align import FFHQ_TEMPLATE_512, Face, align, face_mask, paste_faces
+from stylecli.faces.detect import Detector
 from stylecli.faces.parse import (CLASSES, FACE_CLASSES, GROW, FEATHER, PARSER_FILES, FaceParser, ParserUnavailable,
                                   mask_from_labels, open_parser, parser_weights, restriction)
 from stylecli.faces.photos import PhotoAligner
@@ -127,8 +128,14 @@ def test_compose_pastes_through_the_parsers_mask_and_keeps_the_rest_bit_identica
     rng = np.random.default_rng(0)
     photo = Image.fromarray(rng.integers(0, 256, (140, 180, 3), dtype=np.uint8))
     points = FFHQ_TEMPLATE_512 * (96 / 512) + [40, 20]
-    detector = types.SimpleNamespace(name="given", detect=lambda img, src=None: [Face(box=[40, 20, 136, 116],
-                                                                                       points=points)])
+
+    class Given(Detector):
+        name = "given"
+
+        def detect(self, photo, source=None):
+            return [Face(box=[40, 20, 136, 116], points=points)]
+
+    detector = Given()
     parser = FaceParser(Painted(painted_labels()), "bisenet")
     aligned = PhotoAligner(detector, "ffhq", 64, "on", parser=parser).prepare(photo)
     (face,) = aligned.faces

@@ -208,23 +208,25 @@ def _affine_data(matrix: np.ndarray) -> tuple:
     return tuple(float(v) for v in matrix.reshape(-1))
 
 
-def _reflect_pad(region: np.ndarray, pads: tuple[int, int, int, int], feather: float) -> np.ndarray:
-    """`region` [H, W, 3] float padded by (left, top, right, bottom) pixels, the FFHQ script's way: reflected, then
-    blurred more the further a pixel lies from the photo (no sharp mirrored copies of the face)."""
+def _reflect_pad(region: Image.Image, pads: tuple[int, int, int, int], feather: float) -> Image.Image:
+    """`region` (RGB) padded by (left, top, right, bottom) pixels, the FFHQ script's way: reflected, then blurred more
+    the further a pixel lies from the photo (no sharp mirrored copies of the face)."""
     left, top, right, bottom = pads
-    padded = np.pad(region, ((top, bottom), (left, right), (0, 0)), mode="reflect" if min(region.shape[:2]) > 1
-                    else "edge")
-    h, w = padded.shape[:2]
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32) + 0.5
-    outside = np.maximum.reduce([left - xx, xx - (w - right), top - yy, yy - (h - bottom), np.zeros_like(xx)])
-    weight = np.clip(outside / max(feather, 1.0), 0, 1)[..., None]
+    array = np.asarray(region)
+    padded = Image.fromarray(np.pad(array, ((top, bottom), (left, right), (0, 0)),
+                                    mode="reflect" if min(array.shape[:2]) > 1 else "edge"))
+    w, h = padded.size
+    # Distance past the photo's edge, per column and per row; a pixel's is the larger of the two.
+    xx = np.arange(w, dtype=np.float32) + 0.5
+    yy = np.arange(h, dtype=np.float32) + 0.5
+    beyond_x = np.maximum(np.maximum(left - xx, xx - (w - right)), 0)
+    beyond_y = np.maximum(np.maximum(top - yy, yy - (h - bottom)), 0)
+    weight = np.clip(np.maximum(beyond_y[:, None], beyond_x[None, :]) / max(feather, 1.0), 0, 1)
     # The blur is wide and smooth: computed at up to 1/4 of the size and scaled back, it costs a sixteenth.
-    image = Image.fromarray(np.clip(padded, 0, 255).round().astype(np.uint8))
     radius = max(feather / 2, 1.0)
     step = int(max(1, min(4, radius // 2)))
-    small = image.reduce(step).filter(ImageFilter.GaussianBlur(radius / step))
-    blurred = np.asarray(small.resize(image.size, Image.BILINEAR), dtype=np.float32)
-    return padded * (1 - weight) + blurred * weight
+    blurred = padded.reduce(step).filter(ImageFilter.GaussianBlur(radius / step)).resize(padded.size, Image.BILINEAR)
+    return Image.composite(blurred, padded, Image.fromarray((weight * 255).round().astype(np.uint8), "L"))
 
 
 def crop_face(photo: Image.Image, alignment: Alignment) -> Image.Image:
@@ -232,7 +234,8 @@ def crop_face(photo: Image.Image, alignment: Alignment) -> Image.Image:
     1. only the region of the photo under the crop (plus a margin) is used;
     2. a face much larger than the crop is shrunk first by an integer factor (box filter: no aliasing);
     3. where the crop reaches past the photo, the photo is reflected and blurred;
-    4. the region is warped with a bicubic filter at up to 4x the crop's size, then box-filtered down."""
+    4. the region is warped with a bicubic filter at up to 3x the crop's size, then box-filtered down (more buys
+       nothing measurable: 0.02 dB on the synthetic scenes)."""
     size = alignment.size
     quad = alignment.quad()
     scale = alignment.scale()                 # photo pixels per crop pixel
@@ -249,12 +252,11 @@ def crop_face(photo: Image.Image, alignment: Alignment) -> Image.Image:
         region = region.reduce(shrink)
     pads = tuple(int(math.ceil(max(v, 0) / shrink)) for v in (rx0 - x0, ry0 - y0, x1 - rx1, y1 - ry1))
     if any(pads):
-        array = _reflect_pad(np.asarray(region, dtype=np.float32), pads, feather=0.1 * size * scale / shrink)
-        region = Image.fromarray(np.clip(array, 0, 255).round().astype(np.uint8))
+        region = _reflect_pad(region if region.mode == "RGB" else region.convert("RGB"), pads, feather=0.1 * size * scale / shrink)
     # Crop edge coordinates -> region edge coordinates: photo, minus the region's origin, shrunk, plus the padding.
     to_region = alignment.matrix.copy() / shrink
     to_region[:, 2] += np.array([pads[0] - rx0 / shrink, pads[1] - ry0 / shrink])
-    supersample = int(min(4, max(1, math.ceil(scale / shrink))))
+    supersample = int(min(3, max(1, math.ceil(scale / shrink))))
     big = size * supersample
     to_region[:, :2] /= supersample
     out = region.transform((big, big), Image.AFFINE, _affine_data(to_region), resample=Image.BICUBIC)

@@ -42,11 +42,16 @@ class LandmarkError(Exception):
 
 
 class Detector:
-    """Finds faces: `detect(photo, source)` -> [Face] in the photo's edge coordinates (any order)."""
+    """Finds faces: `detect(photo, source)` -> [Face] in the photo's edge coordinates (any order); `detect_many` does
+    several photos at once (a detector that batches its networks overrides it)."""
     name = "detector"
 
     def detect(self, photo: Image.Image, source: str | os.PathLike | None = None) -> list[Face]:
         raise NotImplementedError
+
+    def detect_many(self, photos: list[Image.Image], sources: list | None = None) -> list[list[Face]]:
+        sources = sources if sources is not None else [None] * len(photos)
+        return [self.detect(photo, source) for photo, source in zip(photos, sources)]
 
 
 # --- the user's landmarks ----------------------------------------------------------------------------------------
@@ -241,7 +246,7 @@ class SynthDetector(Detector):
     def detect(self, photo: Image.Image, source=None) -> list[Face]:
         return self.detect_many([photo])[0]
 
-    def detect_many(self, photos: list[Image.Image]) -> list[list[Face]]:
+    def detect_many(self, photos: list[Image.Image], sources: list | None = None) -> list[list[Face]]:
         """Faces of several photos, their refinement batched."""
         import torch
 

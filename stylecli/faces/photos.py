@@ -119,10 +119,34 @@ class PhotoAligner:
     def prepare(self, photo: Image.Image, source: str | os.PathLike | None = None) -> AlignedPhoto | None:
         """The photo's chosen faces aligned, or None when the photo is used whole (see `wants`). ImageError (one
         line, naming the file) for a photo without a face or with too few for --face INDEX."""
-        if not self.wants(photo):
-            return None
+        result = self.prepare_many([photo], [source])[0]
+        if isinstance(result, ImageError):
+            raise result
+        return result
+
+    def prepare_many(self, photos: list[Image.Image], sources: list | None = None
+                     ) -> list[AlignedPhoto | None | ImageError]:
+        """`prepare` for several photos, their faces found by one call to the detector (which batches its networks
+        where it can); a photo that fails has its ImageError in its place, the others go on."""
+        sources = sources if sources is not None else [None] * len(photos)
+        wanted = [k for k, photo in enumerate(photos) if self.wants(photo)]
+        found = self.detector.detect_many([photos[k] for k in wanted], [sources[k] for k in wanted])
+        results: list[AlignedPhoto | None | ImageError] = [None] * len(photos)
+        for k, faces in zip(wanted, found):
+            try:
+                results[k] = self._aligned(photos[k], sources[k], faces)
+            except ImageError as exc:
+                results[k] = exc
+        if self.parser is not None:  # per photo (the parser runs at 512 px); a face it finds too little of keeps the
+            for result in results:  # ellipse (mask None)
+                if isinstance(result, AlignedPhoto):
+                    for item, mask in zip(result.faces, self.parser.paste_masks([item.crop for item in result.faces])):
+                        item.mask = mask
+        return results
+
+    def _aligned(self, photo: Image.Image, source, faces: list[Face]) -> AlignedPhoto:
+        """The chosen ones of `faces` (found in `photo`) aligned; ImageError when there are none to choose."""
         name = printable(source) if source is not None else "the photo"
-        faces = self.detector.detect(photo, source)
         if not faces:
             raise ImageError(f"{name}: no face found (detector: {self.detector.name}; --align off uses the image "
                              "whole)")
@@ -137,7 +161,4 @@ class PhotoAligner:
                 aligned.append(AlignedFace(index, face, alignment, crop_face(photo, alignment)))
             except ValueError as exc:  # degenerate landmarks, a crop entirely outside the photo
                 raise ImageError(f"{name}: face {index}: {exc}") from None
-        if self.parser is not None:  # a face the parser finds too little of keeps the ellipse (mask None)
-            for item, mask in zip(aligned, self.parser.paste_masks([item.crop for item in aligned])):
-                item.mask = mask
         return AlignedPhoto(photo, aligned, self.recipe)
