@@ -13,6 +13,7 @@ So an image's result does not depend on the other images of its batch. The loop 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable
 
@@ -26,6 +27,8 @@ class OptimizeConfig:
     patience: int = 20          # steps without improvement after which an image stops (0: never stop early)
     tolerance: float = 1e-3     # relative improvement of the best loss that counts as one
     seed: int = 0               # for anything random in the loss
+    rampdown: float = 0.0       # the last fraction of the steps over which the learning rate falls to 0 on a cosine
+                                # (StyleGAN2's projector uses 0.25); 0: a constant rate
 
 
 @dataclass
@@ -76,6 +79,10 @@ def optimize_codes(start: dict[str, torch.Tensor], loss_fn: Callable[[dict[str, 
             if step == config.steps or not active.any():
                 break
             frozen = {k: codes[k].detach()[~active].clone() for k in names}
+            if config.rampdown > 0:
+                ramp = min(1.0, (1 - step / config.steps) / config.rampdown)
+                for group in optimizer.param_groups:
+                    group["lr"] = config.lr * (0.5 - 0.5 * math.cos(ramp * math.pi))
             optimizer.zero_grad(set_to_none=True)
             losses.sum().backward()
             optimizer.step()

@@ -59,3 +59,17 @@ def test_the_best_codes_come_back_and_runs_are_deterministic():
     state = torch.get_rng_state()
     optimize_codes({"w": torch.zeros(2, 3)}, noisy, OptimizeConfig(steps=5, seed=1))
     assert torch.equal(torch.get_rng_state(), state)  # the caller's random stream is left alone
+
+
+def test_the_rampdown_brings_the_learning_rate_to_zero_on_a_cosine():
+    """With rampdown r the rate is the full one until the last fraction r of the steps, then falls on a half cosine
+    to (almost) nothing: Adam's steps, each about lr long on a far-away bowl, shrink the same way."""
+    steps, lr = 40, 0.1
+    seen = []
+    optimize_codes({"w": torch.zeros(1, 1)}, quadratic(torch.tensor([[100.0]]), torch.ones(1)),
+                   OptimizeConfig(steps=steps, lr=lr, patience=0, rampdown=0.5),
+                   on_step=lambda step, losses, active: seen.append(float(losses[0])))
+    moves = [a ** 0.5 - b ** 0.5 for a, b in zip(seen, seen[1:])]  # how far w came towards 100 in each step
+    assert all(abs(m - lr) < 0.01 for m in moves[:20])             # the first half: the full rate
+    assert all(a > b for a, b in zip(moves[20:], moves[21:]))       # then falling
+    assert moves[-1] < 0.01 * lr and abs(moves[30] - lr * 0.5) < 0.01  # half way down: half the rate

@@ -51,8 +51,9 @@ class FWPlus(Method):
     def __init__(self,
                  pack: Pack,                              # with a generator, the encoder and the P-space whitening
                  device: str | torch.device = "cpu",      # where it computes
-                 steps: int = 100,                        # optimisation steps (measured: docs/fwplus.md)
-                 lr: float = 0.03,                        # Adam's learning rate
+                 steps: int = 80,                         # optimisation steps (measured: docs/fwplus.md)
+                 lr: float = 0.05,                        # Adam's learning rate
+                 lr_rampdown: float = 0.25,               # last fraction of the steps over which the rate falls to 0
                  perceptual_weight: float = 10.0,         # weight of the pack's perceptual distance (BDInvert: 10 x LPIPS)
                  base_weight: float = 10.0,               # weight of mean((f - E(x))^2): keeps f near the encoder's
                  pspace_weight: float = 0.01):            # weight of the P-space whitening penalty on the detail rows
@@ -73,7 +74,7 @@ class FWPlus(Method):
                                     f"gives {wanted[0]} x {wanted[1]}^2")
         self.first = first_detail_row(self.G, self.base_size)
         self.weights = dict(perceptual=perceptual_weight, base=base_weight, pspace=pspace_weight)
-        self.config = OptimizeConfig(steps=steps, lr=lr)
+        self.config = OptimizeConfig(steps=steps, lr=lr, rampdown=lr_rampdown)
         # Images optimised together (see `invert`): one on a CPU, where a batch saves little; 8 on a GPU.
         self.chunk = 1 if self.device.type == "cpu" else 8
 

@@ -38,8 +38,10 @@ SPEC = MethodSpec(
     implementation="stylecli.methods.fwplus.method:FWPlus",
     networks=(NETWORK, PSPACE),
     options=(
-        Option("steps", int, 100, "Optimisation steps per image (0: the encoder's code alone).", min=0, max=10_000),
-        Option("lr", float, 0.03, "Adam learning rate of the optimisation.", min=0, max=1),
+        Option("steps", int, 80, "Optimisation steps per image (0: the encoder's code alone).", min=0, max=10_000),
+        Option("lr", float, 0.05, "Adam learning rate of the optimisation.", min=0, max=1),
+        Option("lr_rampdown", float, 0.25, "Last fraction of the steps over which the learning rate falls to 0 on a "
+               "cosine (0: a constant rate).", min=0, max=1),
         Option("base_weight", float, 10.0, "F/W+: weight of the base code's distance to the encoder's.", min=0),
         Option("pspace_weight", float, 0.01, "F/W+: weight of the P-space whitening penalty on the detail rows.",
                min=0),

@@ -21,7 +21,7 @@ from ...optimize import OptimizeConfig, optimize_codes
 from ...packs import Pack
 from ..base import Inversion, Method, MethodUnavailable
 from . import NETWORK
-from .spec import DEFAULT_DOMAIN_REG, DEFAULT_LR, DEFAULT_STEPS
+from .spec import DEFAULT_DOMAIN_REG, DEFAULT_LR, DEFAULT_LR_RAMPDOWN, DEFAULT_STEPS
 
 PERCEPTUAL_WEIGHT = 0.8   # the pack's perceptual distance beside pixel MSE (e4e's weight for the same slot; the
                           # paper's 5e-5 belongs to raw VGG feature MSE, another scale)
@@ -68,7 +68,8 @@ class IDInvert(Method):
     name = "idinvert"
 
     def __init__(self, pack: Pack, device: str | torch.device = "cpu", steps: int = DEFAULT_STEPS,
-                 lr: float = DEFAULT_LR, domain_reg: float = DEFAULT_DOMAIN_REG, no_domain_reg: bool = False):
+                 lr: float = DEFAULT_LR, domain_reg: float = DEFAULT_DOMAIN_REG, no_domain_reg: bool = False,
+                 lr_rampdown: float = DEFAULT_LR_RAMPDOWN):
         self.device = torch.device(device)
         self.G = pack.generator(device)
         self.E = pack.load(NETWORK, device)
@@ -77,7 +78,7 @@ class IDInvert(Method):
         if (self.E.cfg.num_ws, self.E.cfg.w_dim) != (self.G.num_ws, self.G.w_dim):
             raise MethodUnavailable(f"{NETWORK} writes {self.E.cfg.num_ws} x {self.E.cfg.w_dim} codes; the generator takes "
                              f"{self.G.num_ws} x {self.G.w_dim}")
-        self.steps, self.lr = steps, lr
+        self.steps, self.lr, self.lr_rampdown = steps, lr, lr_rampdown
         self.domain_weight = 0.0 if no_domain_reg else domain_reg
         # Images optimised together (see `optimize`): one on a CPU, where a batch saves little (a batch of 16 costs
         # ~0.8x as much per image as one image alone); 8 on a GPU, where a batch of 8 takes about as long as one.
@@ -108,9 +109,9 @@ class IDInvert(Method):
             loss_fn = inversion_loss(self.G, self.E, self.losses, x, self.domain_weight, mask)
             hook = None if self.on_step is None else (
                 lambda step, losses, active: self.on_step(step, self.steps))  # `Method.on_step`
+            config = OptimizeConfig(steps=self.steps, lr=self.lr, rampdown=self.lr_rampdown)
             with torch.enable_grad():
-                result = optimize_codes({"w_plus": w0}, loss_fn, OptimizeConfig(steps=self.steps, lr=self.lr),
-                                        on_step=hook)
+                result = optimize_codes({"w_plus": w0}, loss_fn, config, on_step=hook)
             codes.append(result.codes["w_plus"][:K - pad])
         return torch.cat(codes)
 
