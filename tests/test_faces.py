@@ -353,6 +353,35 @@ def test_photos_prepared_together_match_one_by_one_and_a_faceless_photo_fails_in
     assert [len(r.faces) for r in results[:2]] == [1, 2] and all(isinstance(r, AlignedPhoto) for r in results[:2])
 
 
+def test_a_detector_that_breaks_on_one_photo_fails_that_photo_alone(tmp_path, photos):
+    """An internal error while finding faces in a batch of photos: the batch is redone photo by photo, so only the
+    photo that breaks the detector fails (with its traceback kept for --debug); the others are written."""
+    from stylecli.faces.detect import Detector, LandmarkFile
+    from stylecli.faces.photos import PhotoAligner
+    from stylecli.methods import get_method
+    from stylecli.pipeline import invert_files
+
+    given = LandmarkFile(photos / "labels.jsonl")
+
+    class Breaks(Detector):
+        name = "breaks"
+
+        def detect(self, photo, source=None):
+            if Path(source).name == "000001.png":
+                raise RuntimeError("detector bug")
+            return given.detect(photo, source)
+
+    pack = Pack.open("synthface-64")
+    method = get_method("e4e").load(pack, "cpu")
+    files = [photos / "000000.png", photos / "000001.png"]
+    results = invert_files(method, pack.name, files, tmp_path / "out", batch=8,
+                           aligner=PhotoAligner(Breaks(), "synthetic", 64, "on"))
+    status = {Path(r.source).name: r for r in results}
+    assert status["000000.png"].status == "done" and (tmp_path / "out" / "000000.png").exists()
+    assert status["000001.png"].status == "failed" and "detector bug" in status["000001.png"].error
+    assert status["000001.png"].traceback is not None
+
+
 def test_read_ahead_yields_every_chunk_in_order_and_passes_errors_on():
     from stylecli.pipeline import _read_ahead
 
