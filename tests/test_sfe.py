@@ -78,9 +78,11 @@ def test_the_feature_editor_starts_by_carrying_e4es_feature_change_over():
 def test_edit_delta_is_zero_without_an_edit_and_per_image(G):
     ws = G.mapping(torch.randn(3, G.z_dim, generator=torch.Generator().manual_seed(1)))
     d = torch.randn(G.num_ws, G.w_dim)
-    assert edit_delta(G, ws, 0 * d, "b16.conv1").abs().max() == 0
+    # Zero up to float rounding: both codes go through G in one batch, and with several threads oneDNN may sum the two
+    # halves of a batch in different orders (~1e-6 on an AMD EPYC with 2 threads; exactly 0 with one).
+    assert edit_delta(G, ws, 0 * d, "b16.conv1").abs().max() < 1e-5
     per_image = edit_delta(G, ws, torch.tensor([0.0, 1.0, -1.0]).view(3, 1, 1) * d, "b16.conv1")
-    assert per_image[0].abs().max() == 0 and per_image[1].abs().mean() > 0
+    assert per_image[0].abs().max() < 1e-5 and per_image[1].abs().mean() > 1e-3
     torch.testing.assert_close(per_image[2:], edit_delta(G, ws[2:], -d, "b16.conv1"))
 
 

@@ -115,7 +115,7 @@ def test_the_shipped_sfe_keeps_more_detail_than_e4e_and_still_edits():
     e4e, sfe = METHODS["e4e"].load(pack), METHODS["sfe"].load(pack)
     psnr = lambda y: float(10 * torch.log10(4 / (y - x).square().mean()))
     inv_e4e, inv_sfe = e4e.invert(x), sfe.invert(x)
-    assert psnr(inv_sfe.image) > psnr(inv_e4e.image) + 2.5  # measured +3.7 dB on 100 faces
+    assert psnr(inv_sfe.image) > psnr(inv_e4e.image) + 4.0  # measured +5.0-5.4 dB on 100 faces
     smile = get_direction(pack, "smile").vector
     net = pack.load("domainnet")
     change = lambda m, inv: float((net.predict(m.edit(inv, smile, 2.0))["smile"]
