@@ -252,7 +252,8 @@ def crop_face(photo: Image.Image, alignment: Alignment) -> Image.Image:
         region = region.reduce(shrink)
     pads = tuple(int(math.ceil(max(v, 0) / shrink)) for v in (rx0 - x0, ry0 - y0, x1 - rx1, y1 - ry1))
     if any(pads):
-        region = _reflect_pad(region if region.mode == "RGB" else region.convert("RGB"), pads, feather=0.1 * size * scale / shrink)
+        rgb = region if region.mode == "RGB" else region.convert("RGB")
+        region = _reflect_pad(rgb, pads, feather=0.1 * size * scale / shrink)
     # Crop edge coordinates -> region edge coordinates: photo, minus the region's origin, shrunk, plus the padding.
     to_region = alignment.matrix.copy() / shrink
     to_region[:, 2] += np.array([pads[0] - rx0 / shrink, pads[1] - ry0 / shrink])

@@ -137,8 +137,10 @@ class PhotoAligner:
                 results[k] = self._aligned(photos[k], sources[k], faces)
             except ImageError as exc:
                 results[k] = exc
-        if self.parser is not None:  # per photo (the parser runs at 512 px); a face it finds too little of keeps the
-            for result in results:  # ellipse (mask None)
+        # The parser runs photo by photo (at 512 px a whole batch's faces would be a large pass); a face it finds too
+        # little of keeps the ellipse (mask None).
+        if self.parser is not None:
+            for result in results:
                 if isinstance(result, AlignedPhoto):
                     for item, mask in zip(result.faces, self.parser.paste_masks([item.crop for item in result.faces])):
                         item.mask = mask
