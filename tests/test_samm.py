@@ -122,6 +122,14 @@ def test_mask_loss_terms():
     torch.testing.assert_close(mask_loss(m, cap=0.3, binary_weight=0.04), torch.tensor(0.04 * 0.5 + 0.2))
     m = torch.zeros(2, 1, 4, 4)
     assert mask_loss(m, 0.3, 0.04) == 0
+    from stylecli.methods.samm.train import parse_area_caps
+    assert parse_area_caps("0.3,0.3,0.2,0.2") == ([0.3, 0.3, 0.2, 0.2], 0.2)
+    assert parse_area_caps("0.5/0.4") == ([0.5], 0.4)
+    caps, final = parse_area_caps("off")
+    assert mask_loss(torch.ones(2, 1, 4, 4), caps[0], 0.0) == 0 and final == 1.0  # no mean mask exceeds them
+    for bad in ("0.3,big", "0,0.5", "0.3/2"):
+        with pytest.raises(ValueError, match="--area-caps"):
+            parse_area_caps(bad)
 
 
 def test_scales_follow_the_encoders_features():
@@ -166,6 +174,77 @@ def test_the_kept_source_is_exact_8_bit_and_checked():
             from_source(bad, 8)
 
 
+def test_a_block_without_flow_masks_only():
+    """max_flow 0 (a scale outside --flow-scales): g passes through unwarped while alpha is still predicted."""
+    torch.manual_seed(0)
+    block = SAMMBlock(channels=4, hidden=8, cycles=2, max_flow=0.0, alpha_bias=0.0).eval()
+    with torch.no_grad():
+        block.align.head.weight.normal_(std=0.5)
+        g, f = torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8)
+        out, flow, alpha = block(g, f)
+    assert torch.equal(out, g) and flow.abs().max() == 0 and alpha.std() > 0
+    with torch.no_grad():  # one cycle gives what N would: the same input each time, and fuse(a, a) = a
+        step = block.align(g, block.align.norm(f))
+    torch.testing.assert_close(alpha, fuse(step[:, 2:], step[:, 2:]))
+    net = SAMM([8, 16], [4, 4], [4, 4], flow_scales=[8])
+    assert net.blocks[0].max_flow == 0.08 and net.blocks[1].max_flow == 0.0
+    assert net.restricted(1).config["flow_scales"] == [8]
+    with pytest.raises(AssertionError, match="not among the scales"):
+        SAMM([8, 16], [4, 4], [4, 4], flow_scales=[32])
+
+
+def test_the_mask_target_marks_missed_pixels_and_teaches_every_scale():
+    from stylecli.methods.samm.method import Pass
+    from stylecli.methods.samm.train import missed_pixels, target_loss
+
+    x = torch.zeros(1, 3, 8, 8)
+    generated = x.clone()
+    generated[..., :4, :] = 0.3      # squared error 0.09 on the top half: missed at threshold 0.04
+    generated[..., 4:, :4] = 0.1     # 0.01: within the threshold
+    target = missed_pixels(x, generated, 0.04)
+    assert target[0, 0, :4].eq(1).all() and target[0, 0, 4:].eq(0).all()
+    # cleanup 3 (closing, then opening): a hole in a missed region is filled and a lone missed speck dropped
+    speckled = generated.clone()
+    speckled[..., 1, 3] = 0.0     # a hole in the top half
+    speckled[..., 7, 6] = 0.3     # a speck in the bottom half, away from the top half
+    assert missed_pixels(x, speckled, 0.04)[0, 0, 1, 3] == 0 and missed_pixels(x, speckled, 0.04)[0, 0, 7, 6] == 1
+    torch.testing.assert_close(missed_pixels(x, speckled, 0.04, cleanup=3), target)
+    bce = lambda m, t: torch.nn.functional.binary_cross_entropy(m, t)
+    good = Pass(image=x, generated=generated, mask=target.clamp(0.01, 0.99), alphas={4: torch.full((1, 1, 4, 4), 0.5)})
+    # the 4 px alpha is judged against the target's share of each of its cells (here 1 or 0)
+    coarse_target = torch.nn.functional.adaptive_avg_pool2d(target, 4)
+    torch.testing.assert_close(target_loss(good, target), bce(target.clamp(0.01, 0.99), target)
+                               + bce(torch.full((1, 1, 4, 4), 0.5), coarse_target))
+    flipped = Pass(image=x, generated=generated, mask=1 - good.mask, alphas=good.alphas)
+    assert target_loss(flipped, target) > target_loss(good, target) + 4  # -ln(0.01) + ln(0.99) per pixel
+
+
+def test_edited_passes_learn_the_unedited_mask(tmp_path, pack):
+    """--edit-share: part of the batch is synthesised again with a random pack direction, and its mask is pulled to
+    the unedited pass's target; the setting needs the target and a share of at most 1."""
+    from stylecli.methods.samm import train as samm_train
+
+    trainer = samm_train.SAMMTrainer(_config(tmp_path / "run", steps=1, progressive=False, target_weight=1.0,
+                                             edit_share=0.5, flow_scales="8"))
+    assert [b.max_flow > 0 for b in trainer.net.blocks] == [True] + [False] * (len(trainer.net.scales) - 1)
+    calls = []
+    real_pass = samm_train.samm_pass
+    samm_train.samm_pass = lambda G, net, x, codes, *a, **kw: calls.append(codes) or real_pass(G, net, x, codes, *a, **kw)
+    try:
+        trainer.run()
+    finally:
+        samm_train.samm_pass = real_pass
+    assert len(calls) == 2 and len(calls[1]) == 1  # the batch, then its edited half
+    assert not torch.allclose(calls[1], calls[0][:1])  # moved by a direction
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["target"] > 0 and record["edit_target"] > 0
+    for bad, message in ((dict(edit_share=0.5, target_weight=0.0), "needs --target-weight"), (dict(edit_share=1.5, target_weight=1.0),
+                                                                          "at most 1"),
+                         (dict(flow_scales="24", target_weight=1.0), "--flow-scales '24'")):
+        with pytest.raises(ValueError, match=message):
+            samm_train.SAMMTrainer(_config(tmp_path / "bad", **bad))
+
+
 def _config(tmp_path, **kw):
     from stylecli.methods.samm.spec import SAMMTrainingConfig
 
@@ -207,7 +286,8 @@ def test_no_progressive_trains_every_scale_and_the_perceptual_terms_judge_the_ch
 
     seen, real_pass = {}, samm_train.samm_pass
     for judged in ("generated", "blend"):
-        trainer = samm_train.SAMMTrainer(_config(tmp_path / judged, steps=1, progressive=False, perceptual_on=judged))
+        trainer = samm_train.SAMMTrainer(_config(tmp_path / judged, steps=1, progressive=False, perceptual_on=judged,
+                                                 edit_share=0.0))
         assert trainer.active_scales() == len(trainer.net.scales) > 1
 
         def spy(*args, **kw):
@@ -335,8 +415,10 @@ def test_samm_at_1024_on_a_real_face_pack(tmp_path):
     from PIL import Image
     for i in range(2):
         Image.fromarray((torch.rand(1024, 1024, 3) * 255).to(torch.uint8).numpy()).save(faces / f"{i}.png")
+    with pytest.raises(ValueError, match="has no edit directions for --edit-share 0.5: add some"):
+        SAMMTrainer(_config(tmp_path / "run", model=str(pack.root), data=str(faces), batch=1))
     trainer = SAMMTrainer(_config(tmp_path / "run", model=str(pack.root), data=str(faces), batch=1, steps=1,
-                                  progressive_start=0))
+                                  progressive_start=0, edit_share=0.0))
     assert trainer.net.scales == [32, 64, 128, 256]
     trainer.run()
     assert trainer.step == 1

@@ -107,17 +107,22 @@ class SAMMBlock(nn.Module):
         [N, 1, H, W])."""
         current, flow, alpha = g, None, None
         f_normed = self.align.norm(f)
-        for cycle in range(self.cycles):
+        # A block without flow (max_flow 0) masks only: g passes unwarped, every cycle would see the same input and
+        # give the same alpha a, and fuse(a, a) = a, so one cycle is the N cycles' result.
+        warps = self.max_flow > 0
+        cycles = self.cycles if warps else 1
+        for cycle in range(cycles):
             step = self.align(current, f_normed)
             if flow is None:
                 flow, alpha = step[:, :2], step[:, 2:]
             else:
                 flow = (flow + step[:, :2]).clamp(-self.max_flow, self.max_flow)
                 alpha = fuse(alpha, step[:, 2:])
-            if cycle == self.cycles - 1 and coarser_alpha is not None:
+            if cycle == cycles - 1 and coarser_alpha is not None:
                 up = F.interpolate(coarser_alpha, size=alpha.shape[-2:], mode="bilinear", align_corners=False)
                 alpha = fuse(up, alpha)
-            current = warp(g, flow) * alpha + g * (1 - alpha)
+            if warps:
+                current = warp(g, flow) * alpha + g * (1 - alpha)
         return current, flow, alpha
 
 
@@ -132,22 +137,26 @@ class SAMM(nn.Module):
                  cycles: int = 2,          # refinement cycles N (the paper's default: 2)
                  max_flow: float = 0.08,   # flow bound in grid units
                  alpha_bias: float = -2.0,  # initial alpha logit
-                 blur_padding: str = "zero"):  # how the flow and alpha blur pads (AlignNet)
+                 blur_padding: str = "zero",  # how the flow and alpha blur pads (AlignNet)
+                 flow_scales: list | None = None):  # the scales whose blocks warp g (None: all); the others mask only
         super().__init__()
         assert len(scales) == len(gen_channels) == len(enc_channels) and list(scales) == sorted(scales)
+        flow_scales = list(scales) if flow_scales is None else sorted(flow_scales)
+        assert set(flow_scales) <= set(scales), f"flow scales {flow_scales} not among the scales {list(scales)}"
         self.config = dict(scales=list(scales), gen_channels=list(gen_channels), enc_channels=list(enc_channels),
                            hidden_max=hidden_max, cycles=cycles, max_flow=max_flow, alpha_bias=alpha_bias,
-                           blur_padding=blur_padding)
+                           blur_padding=blur_padding, flow_scales=flow_scales)
         self.scales = list(scales)
         self.taps = nn.ModuleList(nn.Conv2d(e, g, 1) for e, g in zip(enc_channels, gen_channels))
-        self.blocks = nn.ModuleList(SAMMBlock(g, min(2 * g, hidden_max), cycles, max_flow, alpha_bias, blur_padding)
-                                    for g in gen_channels)
+        self.blocks = nn.ModuleList(SAMMBlock(g, min(2 * g, hidden_max), cycles, max_flow if r in flow_scales else 0.0,
+                                              alpha_bias, blur_padding) for r, g in zip(scales, gen_channels))
 
     def restricted(self, count: int) -> "SAMM":
         """A copy with only the `count` coarsest scales (their taps and blocks, weights shared): what ships when an
         inference ablation finds the finer blocks of a run make the masks worse (TRAINING.md)."""
         assert 1 <= count <= len(self.scales), f"count {count} of {len(self.scales)} scales"
         config = {**self.config, **{k: self.config[k][:count] for k in ("scales", "gen_channels", "enc_channels")}}
+        config["flow_scales"] = [r for r in self.config["flow_scales"] if r in config["scales"]]
         coarse = SAMM(**config)
         coarse.taps, coarse.blocks = nn.ModuleList(self.taps[:count]), nn.ModuleList(self.blocks[:count])
         return coarse

@@ -28,6 +28,8 @@ class SAMMTrainingConfig:
     progressive: bool = setting(True, "Grow the mask resolution as the paper does: the coarsest scale alone first, "
                                       "one finer scale every 20% of the steps from 10%; --no-progressive trains "
                                       "every scale from the first step.")
+    flow_scales: str = setting("all", "The scales whose blocks align (warp) the generator feature, e.g. 16,32; the "
+                                      "others only mask ('all': every scale, as the paper).")
     hidden_max: int = 32               # cap on an alignment net's width (2 * channels below it)
     cycles: int = 2                    # refinement cycles N (the paper's default)
     max_flow: float = 0.08             # flow bound in normalised grid units
@@ -35,6 +37,8 @@ class SAMMTrainingConfig:
     # mask 5.0 = sum over scales of 0.04 mean(min(m, 1 - m)) + max(0, mean(m) - cap); two departures, measured
     # (docs/samm.md): the perceptual, style and identity terms judge G's aligned output ("generated"; the official:
     # "blend") and the blend's MSE weighs 10 (with the official's, on the blend, masks settle uniform and soft).
+    # With the mask target below on, the area caps are off by default: on faces whose occluders cover more than a
+    # cap, the caps held the masks at a third (measured, docs/samm.md).
     perceptual_on: str = "generated"
     mse_weight: float = 10.0
     id_weight: float = 0.1
@@ -43,8 +47,23 @@ class SAMMTrainingConfig:
     adv_weight: float = 0.5
     mask_weight: float = 5.0
     binary_weight: float = 0.04
-    area_caps: tuple = (0.30, 0.30, 0.20, 0.20)  # per scale, coarse to fine (the official 32/64/128/256)
-    final_area_cap: float = 0.20                 # the gathered mask at the output size (the official's "1024")
+    area_caps: str = setting("off", "Mask area caps per scale, coarse to fine (the last repeats), and the gathered "
+                                     "mask's cap after a '/' (default 0.20), e.g. the official 0.3,0.3,0.2,0.2/0.2; "
+                                     "'off': none (the mask target bounds the area instead).")
+    # Self-supervised invertibility target (a departure, docs/samm.md): the mask at the output size is also pulled
+    # by binary cross-entropy towards 1[mean over channels of (x - G(w, aligned))^2 > target_threshold], the pixels
+    # the aligned generator misses (detached; computed from the input alone, never from ground-truth masks).
+    target_weight: float = setting(3.0, "Weight of the self-supervised mask target: binary cross-entropy towards the "
+                                        "pixels the aligned generator misses (0: the paper's objective alone).",
+                                   min=0)
+    target_threshold: float = 0.04     # squared error in [-1, 1] units, mean over channels, that marks a missed pixel
+    target_cleanup: int = 3            # k of the morphological closing then opening of the target (1: none)
+    # Edit invariance: a share of each batch is synthesised again with a random pack direction at a random strength
+    # (+-edit_strength) and that pass's mask pulled towards the same target: the mask belongs to the input, not to
+    # the edit, so `edit --method samm` keeps what is out of the domain without masking the edited face.
+    edit_share: float = setting(0.5, "Share of each batch also passed edited (a random pack direction and strength) "
+                                     "whose mask must match the unedited target (needs --target-weight).", min=0)
+    edit_strength: float = 3.0
     d_lr: float = 2e-5
     betas: tuple = (0.0, 0.99)
     r1_gamma: float = 0.0              # the official sets R1 10 but an interval it never reaches: off

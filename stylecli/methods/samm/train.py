@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data.loader import ImageSource
+from ...directions import load_directions
 from ...losses import LossNetworks, style_distance
 from ...packs import Pack
 from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
@@ -72,8 +73,32 @@ def samm_shapes(G, encoder, scales: list[int]) -> tuple[list[int], list[int]]:
 def build_samm(G, encoder, scales: list[int], cfg: SAMMTrainingConfig) -> SAMM:
     """A fresh SAMM for this generator and encoder at `scales`."""
     gen, enc = samm_shapes(G, encoder, scales)
+    if cfg.flow_scales == "all":
+        flow_scales = scales
+    else:
+        try:
+            flow_scales = sorted({int(v) for v in cfg.flow_scales.split(",")})
+        except ValueError:
+            raise ValueError(f"--flow-scales {cfg.flow_scales!r}: expected resolutions like 16,32 or 'all'") from None
+        if not set(flow_scales) <= set(scales):
+            raise ValueError(f"--flow-scales {cfg.flow_scales!r}: each must be one of the scales {scales}")
     return SAMM(scales, gen, enc, hidden_max=cfg.hidden_max, cycles=cfg.cycles, max_flow=cfg.max_flow,
-                blur_padding="replicate")
+                blur_padding="replicate", flow_scales=flow_scales)
+
+
+def parse_area_caps(text: str) -> tuple[list[float], float]:
+    """--area-caps: 'c1,c2,.../final' (the final cap optional, default 0.20) or 'off' (caps of 1: a mean mask never
+    exceeds them) -> (per-scale caps, coarse to fine, the gathered mask's cap)."""
+    if text == "off":
+        return [1.0], 1.0
+    per_scale, _, final = text.partition("/")
+    try:
+        caps, final_cap = [float(v) for v in per_scale.split(",")], float(final) if final else 0.20
+    except ValueError:
+        raise ValueError(f"--area-caps {text!r}: expected caps like 0.3,0.3,0.2,0.2/0.2 or 'off'") from None
+    if not all(0 < c <= 1 for c in caps + [final_cap]):
+        raise ValueError(f"--area-caps {text!r}: each cap is a share of the image in (0, 1]")
+    return caps, final_cap
 
 
 def mask_loss(mask: torch.Tensor, cap: float, binary_weight: float) -> torch.Tensor:
@@ -83,6 +108,32 @@ def mask_loss(mask: torch.Tensor, cap: float, binary_weight: float) -> torch.Ten
     return binary_weight * binary + area
 
 
+def missed_pixels(x: torch.Tensor, generated: torch.Tensor, threshold: float, cleanup: int = 1) -> torch.Tensor:
+    """The self-supervised invertibility target [N, 1, H, W] (float 0/1):
+    1. pixels whose squared error between the input and the generator's (aligned) output, averaged over channels in
+       [-1, 1] units, exceeds `threshold`;
+    2. with cleanup k > 1, a morphological closing then opening by a k x k square: gaps inside an occluder whose
+       colour happens to match the face are filled, and specks of e4e's own small misses (a mouth corner, an edge)
+       are dropped."""
+    missed = ((x - generated).square().mean(dim=1, keepdim=True) > threshold).float()
+    if cleanup > 1:
+        dilate = lambda m: F.max_pool2d(m, cleanup, 1, cleanup // 2)
+        erode = lambda m: -F.max_pool2d(-m, cleanup, 1, cleanup // 2)
+        missed = dilate(erode(erode(dilate(missed))))
+    return missed
+
+
+def target_loss(result, target: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of a pass's gathered mask against the 0/1 target [N, 1, H, W], plus that of each
+    scale's alpha against the target's share of each of its cells (the area-averaged target): every scale learns
+    the target directly, not only through the multiplicative fusion of Algorithm 2."""
+    bce = lambda m, t: F.binary_cross_entropy(m.clamp(1e-4, 1 - 1e-4), t)
+    loss = bce(result.mask, target)
+    for alpha in result.alphas.values():
+        loss = loss + bce(alpha, F.adaptive_avg_pool2d(target, alpha.shape[-2:]))
+    return loss
+
+
 class SAMMTrainer(StepTrainer):
     def __init__(self, cfg: SAMMTrainingConfig, resume: bool = False):
         self.cfg = cfg
@@ -90,11 +141,23 @@ class SAMMTrainer(StepTrainer):
             raise ValueError(f"perceptual_on {cfg.perceptual_on!r}: 'blend' or 'generated'")
         if cfg.ood_share + cfg.geometric_share > 1:
             raise ValueError("--ood-share and --geometric-share add up to more than 1")
+        self.area_caps = parse_area_caps(cfg.area_caps)
+        if cfg.edit_share > 1:
+            raise ValueError("--edit-share is a share of the batch: at most 1")
+        if cfg.edit_share > 0 and cfg.target_weight <= 0:
+            raise ValueError("--edit-share pulls edited masks towards the mask target: it needs --target-weight > 0")
         self.run_dir, self.ctx, self.batch_per_rank, pack = open_run(cfg, ("generator", BASE, "discriminator"),
                                                                      "SAMM training")
         dev = self.ctx.device
         self.G = pack.generator(dev)
         self.E = pack.load(BASE, dev)
+        self.directions = None
+        if cfg.edit_share > 0:
+            linear = [d.vector for d in load_directions(pack).values() if not d.learned]
+            if not linear:
+                raise ValueError(f"pack {pack.name!r} has no edit directions for --edit-share {cfg.edit_share:g}: add "
+                                 f"some (`stylecli directions`) or train with --edit-share 0")
+            self.directions = torch.stack(linear).to(dev)
         self.losses = LossNetworks.from_pack(pack, dev)
         if self.losses.features is None:
             raise ValueError(f"pack {pack.name!r}: its perceptual network exposes no features for the style term")
@@ -181,12 +244,21 @@ class SAMMTrainer(StepTrainer):
         loss_style = style_distance(self.losses.features(judged), [f.detach() for f in self.losses.features(x)]).mean()
         loss_id = (1 - self.losses.identity(judged, x)).mean()
         loss_adv = F.softplus(-self.D(result.generated)).mean()
-        caps = list(cfg.area_caps) + [cfg.area_caps[-1]] * len(self.net.scales)
-        loss_mask = sum(mask_loss(result.alphas[r], caps[i], cfg.binary_weight)
+        caps, final_cap = self.area_caps
+        loss_mask = sum(mask_loss(result.alphas[r], caps[min(i, len(caps) - 1)], cfg.binary_weight)
                         for i, r in enumerate(self.net.scales[:active]))
-        loss_mask = loss_mask + mask_loss(result.mask, cfg.final_area_cap, cfg.binary_weight)
+        loss_mask = loss_mask + mask_loss(result.mask, final_cap, cfg.binary_weight)
+        loss_target = loss_edit = torch.zeros((), device=dev)
+        if cfg.target_weight > 0:
+            target = missed_pixels(x, result.generated.detach(), cfg.target_threshold, cfg.target_cleanup)
+            loss_target = target_loss(result, target)
+            edited = round(cfg.edit_share * len(x))
+            if edited > 0:
+                loss_edit = target_loss(self.edited_pass(x[:edited], codes[:edited], features, active),
+                                        target[:edited])
         loss = (cfg.mse_weight * loss_mse + cfg.perceptual_weight * loss_p + cfg.style_weight * loss_style
-                + cfg.id_weight * loss_id + cfg.adv_weight * loss_adv + cfg.mask_weight * loss_mask)
+                + cfg.id_weight * loss_id + cfg.adv_weight * loss_adv + cfg.mask_weight * loss_mask
+                + cfg.target_weight * (loss_target + loss_edit))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         average_gradients(self.net, self.ctx)
@@ -198,8 +270,19 @@ class SAMMTrainer(StepTrainer):
                 b_ema.copy_(b)
         self.step += 1
         stats = {"loss": loss, "mse": loss_mse, "perceptual": loss_p, "style": loss_style, "id": loss_id,
-                 "adv": loss_adv, "mask": loss_mask, "loss_D": loss_d, "mask_area": result.mask.mean()}
+                 "adv": loss_adv, "mask": loss_mask, "target": loss_target, "edit_target": loss_edit, "loss_D": loss_d,
+                 "mask_area": result.mask.mean()}
         return {**{k: float(all_mean(v.detach(), self.ctx)) for k, v in stats.items()}, "active_scales": active}
+
+    def edited_pass(self, x: torch.Tensor, codes: torch.Tensor, features: dict, active: int):
+        """The SAMM pass of codes moved by a random pack direction at a random strength in +-edit_strength (the
+        edit path of the method: the blocks align to the unedited input's features)."""
+        n = len(x)
+        pick = torch.randint(len(self.directions), (n,))
+        strength = (torch.rand(n) * 2 - 1) * self.cfg.edit_strength
+        step = self.directions[pick.to(self.directions.device)] * strength.to(codes.device).view(n, 1, 1)
+        taps = [f[:n] for f in scale_features(self.net, features)]
+        return samm_pass(self.G, self.net, x, codes + step, taps, active=active)
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """Non-saturating logistic loss on the training images against this step's generated (aligned) images (R1
@@ -221,6 +304,7 @@ class SAMMTrainer(StepTrainer):
 
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
 _FIXED_ON_RESUME = ("model", "data", "ood_share", "geometric_share", "batch", "scales", "lr", "seed", "progressive",
+                    "target_weight", "target_threshold", "target_cleanup", "edit_share", "flow_scales",
                     "perceptual_on", "mse_weight")
 
 
