@@ -237,11 +237,13 @@ class SynthDetector(Detector):
     network's input size, then each face's seven points refined twice on canvas crops of the full photo."""
     name = "synth"
 
-    def __init__(self, net, device="cpu", threshold: float = 0.4, refinements: int = 2):
+    def __init__(self, net, device="cpu", threshold: float = 0.4, refinements: int = 2, refine_supersample: int = 1):
         self.net = net.eval()
         self.device = device
         self.threshold = threshold          # heatmap peak needed to report a face
         self.refinements = refinements      # refiner passes after the detector's own estimate
+        self.refine_supersample = refine_supersample  # cap on the refiner crops' supersampling (crop_face's 3 for
+                                                      # the method's crop): they only locate points
 
     def detect(self, photo: Image.Image, source=None) -> list[Face]:
         return self.detect_many([photo])[0]
@@ -270,7 +272,7 @@ class SynthDetector(Detector):
                 for k, face in enumerate(faces):
                     try:
                         alignment = synthetic_alignment(face, crop)
-                        crops.append(canvas_tensor(photos[i], alignment))
+                        crops.append(canvas_tensor(photos[i], alignment, self.refine_supersample))
                         jobs.append((i, k, alignment))
                     except ValueError:  # template points that coincide, or a canvas off the photo: no face
                         faces[k] = None
@@ -305,11 +307,11 @@ def detector_input(photo: Image.Image, input_size: int):
     return x, (w / W + h / H) / 2
 
 
-def canvas_tensor(photo: Image.Image, alignment) -> "torch.Tensor":
+def canvas_tensor(photo: Image.Image, alignment, max_supersample: int = 3) -> "torch.Tensor":
     """[1, 3, S, S] in [-1, 1]: the aligned crop of `photo` (the refiner's input)."""
     from ..imageio import image_to_tensor
     from .align import crop_face
-    return image_to_tensor(crop_face(photo, alignment))
+    return image_to_tensor(crop_face(photo, alignment, max_supersample))
 
 
 def open_detector(name: str, pack=None, recipe: str = "ffhq", device="cpu", landmarks: str | os.PathLike | None = None
