@@ -94,11 +94,11 @@ def test_the_shipped_samm_keeps_what_the_generator_cannot_make():
         samm = METHODS["samm"].load(pack).invert(x)
         e4e = METHODS["e4e"].load(pack).invert(x)
     psnr = lambda y: 10 * math.log10(4 / float((y - x).square().mean()))
-    assert psnr(samm.image) > psnr(e4e.image) + 4.0  # measured +7.6 on these 12, +5.4 on 100
+    assert psnr(samm.image) > psnr(e4e.image) + 4.0  # measured +7.9 on these 12, +5.6 on 100
     mask = samm.extras["mask"]
-    assert float(mask[truth].mean()) > 5 * float(mask[~truth].mean())  # measured 0.82 vs 0.078
+    assert float(mask[truth].mean()) > 5 * float(mask[~truth].mean())  # measured 0.85 vs 0.084
     hit = mask >= 0.5
-    assert float((hit & truth).sum() / (hit | truth).sum()) > 0.55  # IoU: measured 0.71 on these 12, 0.69 on 100
+    assert float((hit & truth).sum() / (hit | truth).sum()) > 0.55  # IoU: measured 0.73 on these 12, 0.69 on 100
 
 
 def test_the_shipped_sfe_keeps_more_detail_than_e4e_and_still_edits():
