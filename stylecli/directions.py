@@ -188,6 +188,22 @@ def load_directions(pack: Pack) -> dict[str, Direction]:
     return directions
 
 
+def linear_stack(pack: Pack) -> torch.Tensor | None:
+    """The pack's W+ directions (its learned edits left out) stacked [K, num_ws, w_dim], or None when it has none:
+    what trainers draw random edits from (`random_edit_steps`)."""
+    linear = [d.vector for d in load_directions(pack).values() if not d.learned]
+    return torch.stack(linear) if linear else None
+
+
+def random_edit_steps(directions: torch.Tensor, n: int, max_strength: float,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """n random edits [n, num_ws, w_dim]: each a direction of `directions` ([K, num_ws, w_dim]) times a strength
+    uniform in +-max_strength, drawn from `generator` (torch's global stream when None)."""
+    pick = torch.randint(len(directions), (n,), generator=generator)
+    strength = (torch.rand(n, generator=generator) * 2 - 1) * max_strength
+    return directions[pick.to(directions.device)] * strength.to(directions.device).view(n, 1, 1)
+
+
 def get_direction(pack: Pack, name: str) -> Direction:
     """Direction `name` of the pack (only its own file is read for a learned one). NAME-linear also finds a linear
     NAME that no learned direction has replaced yet, so commands written for both kinds work before and after."""

@@ -219,7 +219,7 @@ def test_the_mask_target_marks_missed_pixels_and_teaches_every_scale():
     assert target_loss(flipped, target) > target_loss(good, target) + 4  # -ln(0.01) + ln(0.99) per pixel
 
 
-def test_edited_passes_learn_the_unedited_mask(tmp_path, pack):
+def test_edited_passes_learn_the_unedited_mask(tmp_path, pack, monkeypatch):
     """--edit-share: part of the batch is synthesised again with a random pack direction, and its mask is pulled to
     the unedited pass's target; the setting needs the target and a share of at most 1."""
     from stylecli.methods.samm import train as samm_train
@@ -227,20 +227,18 @@ def test_edited_passes_learn_the_unedited_mask(tmp_path, pack):
     trainer = samm_train.SAMMTrainer(_config(tmp_path / "run", steps=1, progressive=False, target_weight=1.0,
                                              edit_share=0.5, flow_scales="8"))
     assert [b.max_flow > 0 for b in trainer.net.blocks] == [True] + [False] * (len(trainer.net.scales) - 1)
-    calls = []
-    real_pass = samm_train.samm_pass
-    samm_train.samm_pass = lambda G, net, x, codes, *a, **kw: calls.append(codes) or real_pass(G, net, x, codes, *a, **kw)
-    try:
-        trainer.run()
-    finally:
-        samm_train.samm_pass = real_pass
+    calls, real_pass = [], samm_train.samm_pass
+    monkeypatch.setattr(samm_train, "samm_pass",
+                        lambda G, net, x, codes, *a, **kw: calls.append(codes) or real_pass(G, net, x, codes, *a, **kw))
+    trainer.run()
     assert len(calls) == 2 and len(calls[1]) == 1  # the batch, then its edited half
     assert not torch.allclose(calls[1], calls[0][:1])  # moved by a direction
     record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert record["target"] > 0 and record["edit_target"] > 0
-    for bad, message in ((dict(edit_share=0.5, target_weight=0.0), "needs --target-weight"), (dict(edit_share=1.5, target_weight=1.0),
-                                                                          "at most 1"),
-                         (dict(flow_scales="24", target_weight=1.0), "--flow-scales '24'")):
+    for bad, message in ((dict(edit_share=0.5, target_weight=0.0), "needs --target-weight"),
+                         (dict(edit_share=1.5, target_weight=1.0), "at most 1"),
+                         (dict(flow_scales="24", target_weight=1.0), "--flow-scales '24'"),
+                         (dict(flow_scales="16,x", target_weight=1.0), "--flow-scales '16,x': expected resolutions")):
         with pytest.raises(ValueError, match=message):
             samm_train.SAMMTrainer(_config(tmp_path / "bad", **bad))
 

@@ -307,8 +307,9 @@ def detector_input(photo: Image.Image, input_size: int):
     return x, (w / W + h / H) / 2
 
 
-def canvas_tensor(photo: Image.Image, alignment, max_supersample: int = 3) -> "torch.Tensor":
-    """[1, 3, S, S] in [-1, 1]: the aligned crop of `photo` (the refiner's input)."""
+def canvas_tensor(photo: Image.Image, alignment, max_supersample: int) -> "torch.Tensor":
+    """[1, 3, S, S] in [-1, 1]: the aligned crop of `photo` (the refiner's input), supersampled at most
+    `max_supersample` times (`crop_face`)."""
     from ..imageio import image_to_tensor
     from .align import crop_face
     return image_to_tensor(crop_face(photo, alignment, max_supersample))

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data.loader import ImageSource
-from ...directions import load_directions
+from ...directions import linear_stack, random_edit_steps
 from ...losses import LossNetworks, style_distance
 from ...packs import Pack
 from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
@@ -45,15 +45,20 @@ def default_scales(resolution: int, feature_sizes) -> list[int]:
     return sorted(r for r in feature_sizes if 8 <= r <= resolution)[-4:]
 
 
+def _resolutions(text: str, flag: str, example: str) -> list[int]:
+    """Comma-separated resolutions, sorted and without repeats; a one-line ValueError naming `flag` otherwise."""
+    try:
+        return sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected resolutions like {example}") from None
+
+
 def parse_scales(text: str, resolution: int, feature_sizes) -> list[int]:
     """--scales: 'auto' or comma-separated resolutions, each a power of two from 8 to the resolution at which the
     encoder has a feature."""
     if text == "auto":
         return default_scales(resolution, feature_sizes)
-    try:
-        scales = sorted({int(v) for v in text.split(",")})
-    except ValueError:
-        raise ValueError(f"--scales {text!r}: expected resolutions like 8,16,32,64 or 'auto'") from None
+    scales = _resolutions(text, "--scales", "8,16,32,64 or 'auto'")
     bad = [r for r in scales if r < 8 or r > resolution or r & (r - 1) or r not in feature_sizes]
     if bad or not scales:
         raise ValueError(f"--scales {text!r}: each must be a power of two from 8 to {resolution} at which the encoder "
@@ -76,10 +81,7 @@ def build_samm(G, encoder, scales: list[int], cfg: SAMMTrainingConfig) -> SAMM:
     if cfg.flow_scales == "all":
         flow_scales = scales
     else:
-        try:
-            flow_scales = sorted({int(v) for v in cfg.flow_scales.split(",")})
-        except ValueError:
-            raise ValueError(f"--flow-scales {cfg.flow_scales!r}: expected resolutions like 16,32 or 'all'") from None
+        flow_scales = _resolutions(cfg.flow_scales, "--flow-scales", "16,32 or 'all'")
         if not set(flow_scales) <= set(scales):
             raise ValueError(f"--flow-scales {cfg.flow_scales!r}: each must be one of the scales {scales}")
     return SAMM(scales, gen, enc, hidden_max=cfg.hidden_max, cycles=cfg.cycles, max_flow=cfg.max_flow,
@@ -153,11 +155,11 @@ class SAMMTrainer(StepTrainer):
         self.E = pack.load(BASE, dev)
         self.directions = None
         if cfg.edit_share > 0:
-            linear = [d.vector for d in load_directions(pack).values() if not d.learned]
-            if not linear:
+            found = linear_stack(pack)
+            if found is None:
                 raise ValueError(f"pack {pack.name!r} has no edit directions for --edit-share {cfg.edit_share:g}: add "
                                  f"some (`stylecli directions`) or train with --edit-share 0")
-            self.directions = torch.stack(linear).to(dev)
+            self.directions = found.to(dev)
         self.losses = LossNetworks.from_pack(pack, dev)
         if self.losses.features is None:
             raise ValueError(f"pack {pack.name!r}: its perceptual network exposes no features for the style term")
@@ -231,7 +233,8 @@ class SAMMTrainer(StepTrainer):
         x = self.source.batch(self.batch_per_rank).to(dev)
         with torch.no_grad():
             codes, features = encode(self.E, x, with_features=True)
-        result = samm_pass(self.G, self.net, x, codes, scale_features(self.net, features), active=active)
+        taps = scale_features(self.net, features)
+        result = samm_pass(self.G, self.net, x, codes, taps, active=active)
         y = result.image
         # The adversarial term keeps the generator's own (aligned) output realistic, "to make x_in look realistic" as
         # the paper puts it; on the blend it would judge the input's out-of-domain pixels, and a discriminator that
@@ -254,8 +257,7 @@ class SAMMTrainer(StepTrainer):
             loss_target = target_loss(result, target)
             edited = round(cfg.edit_share * len(x))
             if edited > 0:
-                loss_edit = target_loss(self.edited_pass(x[:edited], codes[:edited], features, active),
-                                        target[:edited])
+                loss_edit = target_loss(self.edited_pass(x[:edited], codes[:edited], taps, active), target[:edited])
         loss = (cfg.mse_weight * loss_mse + cfg.perceptual_weight * loss_p + cfg.style_weight * loss_style
                 + cfg.id_weight * loss_id + cfg.adv_weight * loss_adv + cfg.mask_weight * loss_mask
                 + cfg.target_weight * (loss_target + loss_edit))
@@ -274,15 +276,12 @@ class SAMMTrainer(StepTrainer):
                  "mask_area": result.mask.mean()}
         return {**{k: float(all_mean(v.detach(), self.ctx)) for k, v in stats.items()}, "active_scales": active}
 
-    def edited_pass(self, x: torch.Tensor, codes: torch.Tensor, features: dict, active: int):
-        """The SAMM pass of codes moved by a random pack direction at a random strength in +-edit_strength (the
-        edit path of the method: the blocks align to the unedited input's features)."""
+    def edited_pass(self, x: torch.Tensor, codes: torch.Tensor, taps: list[torch.Tensor], active: int):
+        """The SAMM pass of the first len(x) codes moved by a random pack direction at a random strength in
+        +-edit_strength (the edit path of the method: the blocks align to the unedited input's features `taps`)."""
         n = len(x)
-        pick = torch.randint(len(self.directions), (n,))
-        strength = (torch.rand(n) * 2 - 1) * self.cfg.edit_strength
-        step = self.directions[pick.to(self.directions.device)] * strength.to(codes.device).view(n, 1, 1)
-        taps = [f[:n] for f in scale_features(self.net, features)]
-        return samm_pass(self.G, self.net, x, codes + step, taps, active=active)
+        step = random_edit_steps(self.directions, n, self.cfg.edit_strength)
+        return samm_pass(self.G, self.net, x, codes + step, [f[:n] for f in taps], active=active)
 
     def discriminator_step(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         """Non-saturating logistic loss on the training images against this step's generated (aligned) images (R1

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from ...data.loader import ImageSource
-from ...directions import load_directions
+from ...directions import linear_stack, random_edit_steps
 from ...losses import LossNetworks
 from ...packs import Pack
 from ...train.checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
@@ -108,10 +108,10 @@ class SFETrainer(StepTrainer):
             self.inverter.eval().requires_grad_(False)
             # The W+ directions (the editor learns Delta of vectors; a learned edit's Delta comes through the same
             # editor at inference, `SFEMethod.edit_inversion`).
-            linear = [d.vector for d in load_directions(pack).values() if not d.learned]
-            self.directions = torch.stack(linear).to(dev) if linear else None
+            self.directions = linear_stack(pack)
             if self.directions is None:
                 raise ValueError(f"pack {pack.name!r} has no edit directions for the editor phase")
+            self.directions = self.directions.to(dev)
             self.editor = FeatureEditor(icfg.feature_channels, cfg.editor_blocks).to(dev).train()
             self.trained = self.editor
         self.D = trainable_discriminator(pack, dev, cfg.batch, self.batch_per_rank)
@@ -217,13 +217,10 @@ class SFETrainer(StepTrainer):
         cfg, n = self.cfg, x.shape[0]
         with torch.no_grad():
             # The training pair from e4e: its reconstruction and its edit by a random (direction, strength).
-            pick = torch.randint(len(self.directions), (n,), generator=self.edit_rng)
-            strength = (torch.rand(n, generator=self.edit_rng) * 2 - 1) * cfg.max_strength
-            d = self.directions[pick.to(self.directions.device)]
-            s = strength.to(x.device).view(n, 1, 1)
+            step = random_edit_steps(self.directions, n, cfg.max_strength, self.edit_rng)
             w_e4e, x_e = self.e4e_inversion(x)
-            x_e_edit = self.G.synthesis(w_e4e + s * d, noise_mode="const")
-            delta = edit_delta(self.G, w_e4e, s * d, self.layer)
+            x_e_edit = self.G.synthesis(w_e4e + step, noise_mode="const")
+            delta = edit_delta(self.G, w_e4e, step, self.layer)
             # The frozen inverter on the e4e reconstruction and on the real image (whose e4e inversion is at hand).
             both = torch.cat([x_e, x])
             e4e = None
@@ -233,7 +230,7 @@ class SFETrainer(StepTrainer):
             w_all, f_pred = self.invert(both, e4e)
             f_w, _ = generator_feature(self.G, w_all, self.layer)
             f_k_all = self.inverter.fuse(f_pred, f_w)
-            w_edit = w_all[:n] + s * d
+            w_edit = w_all[:n] + step
             codes = torch.cat([w_edit, w_all[n:]])
             _, skips = generator_feature(self.G, codes, self.layer)
         edited = self.editor(f_k_all, torch.cat([delta, torch.zeros_like(delta)]))
