@@ -74,17 +74,32 @@ class LossNetworks:
     attributes: torch.nn.Module | None   # .predict(x) -> {name: [N]}, or None
     resolution: int                      # size the networks expect
     features: Callable[[torch.Tensor], list] | None = None  # x -> the perceptual network's feature maps (style terms)
+    target_distance: Callable[[torch.Tensor], Callable] | None = None  # y -> (x -> perceptual(x, y)) with y's
+                                                                      # features computed once; None: recomputed
+
+    def perceptual_to(self, target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """x -> perceptual(x, target) [N] for a fixed target (no gradient to it): what per-image optimisation calls
+        every step; the target's features are computed once where the slot allows it."""
+        if self.target_distance is not None:
+            return self.target_distance(target)
+        target = target.detach()
+        return lambda x: self.perceptual(x, target)
 
     @classmethod
     def from_pack(cls, pack: Pack, device: str | torch.device = "cpu") -> "LossNetworks":
         if pack.has("domainnet"):
-            from .data.domainnet import id_similarity, perceptual_distance
+            from .data.domainnet import id_similarity, perceptual_distance, perceptual_distance_to
             net = pack.load("domainnet", device)
             res = int(pack.manifest.get("resolution", 64))
             resize = lambda x: x if x.shape[-1] == res else F.interpolate(x, size=(res, res), mode="area")
+
+            def to_target(y: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+                distance = perceptual_distance_to(net, resize(y.detach()))
+                return lambda x: distance(resize(x))
+
             return cls(perceptual=lambda x, y: perceptual_distance(net, resize(x), resize(y)),
                        identity=lambda x, y: id_similarity(net, resize(x), resize(y)), attributes=net, resolution=res,
-                       features=lambda x: net.features(resize(x)))
+                       features=lambda x: net.features(resize(x)), target_distance=to_target)
         missing = [f"{name}.safetensors" for name in LOSS_NETWORKS if not pack.has(name)]
         if missing:
             raise PackError(f"pack {pack.name!r} has no domain network and lacks {', '.join(missing)} for its "

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import lpips
 import pytest
@@ -11,6 +12,8 @@ from stylecli.core.networks import Generator
 from stylecli.irse import ArcFace
 from stylecli.losses import AlexNetFeatures, LossNetworks
 from stylecli.packs import Pack, PackError, write_pack
+
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
 
 
 def cli(*args):
@@ -97,6 +100,7 @@ def test_lpips_and_arcface_slots_from_the_official_files(real_pack):
                                    for k, v in alexnet.items() if k.startswith("features.")})
     torch.testing.assert_close(losses.perceptual(x, y), reference(x, y).flatten())
     assert float(losses.perceptual(y, y).abs().max()) == 0
+    torch.testing.assert_close(losses.perceptual_to(y)(x), losses.perceptual(x, y))
     # The identity slot: the file's IR-SE50 on pSp's crop, unit embeddings.
     arcface = ArcFace().eval()
     arcface.load_state_dict(insightface_ir_se50_state())
@@ -145,3 +149,20 @@ def test_attribute_kinds_are_asked_of_the_predictor():
         attribute_kinds(object())
     with pytest.raises(AssertionError, match="not one of"):
         AttributeKind("ordinal")
+
+
+def test_a_fixed_targets_distance_is_the_distance_with_its_features_computed_once():
+    """`perceptual_to(target)`, what per-image optimisation calls every step, is `perceptual(x, target)` with its
+    gradient to x (the synthface slot caches the target's features; at another size both are resized alike)."""
+    losses = LossNetworks.from_pack(Pack.open(SHIPPED))
+    target = torch.rand(3, 3, 64, 64) * 2 - 1
+    for size in (64, 128):
+        x = (torch.rand(3, 3, size, size) * 2 - 1).requires_grad_(True)
+        tgt = torch.nn.functional.interpolate(target, size=(size, size), mode="bilinear") if size != 64 else target
+        to_target = losses.perceptual_to(tgt)
+        expected = losses.perceptual(x, tgt)
+        torch.testing.assert_close(to_target(x), expected)
+        assert float(to_target(tgt).abs().max()) == 0 and float(expected.min()) > 0
+        grad, = torch.autograd.grad(to_target(x).sum(), x)
+        reference, = torch.autograd.grad(expected.sum(), x)
+        torch.testing.assert_close(grad, reference)

@@ -75,6 +75,20 @@ def test_fused_and_unfused_modulated_conv_agree(up):
                                modulated_conv2d(x, w, styles, fused=False, **kw))
 
 
+def test_a_batch_of_one_takes_the_unfused_path_when_differentiated():
+    """Inference of one image runs one grouped convolution; per-image optimisation (gradients at a batch of one) the
+    unfused form, which does not differentiate a per-sample weight; both give the same values and gradients."""
+    torch.manual_seed(0)
+    x, w, styles = torch.randn(1, 8, 6, 6), torch.randn(4, 8, 3, 3), torch.randn(1, 8) + 2
+    with torch.no_grad():
+        assert torch.equal(modulated_conv2d(x, w, styles, padding=1), modulated_conv2d(x, w, styles, padding=1, fused=True))
+    s = styles.clone().requires_grad_(True)
+    assert torch.equal(modulated_conv2d(x, w, s, padding=1), modulated_conv2d(x, w, s, padding=1, fused=False))
+    grads = [torch.autograd.grad(modulated_conv2d(x, w, s, padding=1, fused=fused).square().sum(), s)[0]
+             for fused in (True, False)]
+    torch.testing.assert_close(grads[0], grads[1])
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_modulated_conv_matches_the_papers_per_sample_weights(fused):
     # StyleGAN2 eqs. 1-3 written out per sample: w' = w * s_i, w'' = w' / sqrt(sum w'^2 + eps), then a plain conv.

@@ -108,12 +108,23 @@ class DomainNet(nn.Module):
 
 def perceptual_distance(net: DomainNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """LPIPS-style distance [N]: per stage, unit-normalise channels, squared difference, spatial and channel mean."""
-    total = 0
-    for fx, fy in zip(net.features(x), net.features(y)):
-        fx = fx / (fx.norm(dim=1, keepdim=True) + 1e-10)
-        fy = fy / (fy.norm(dim=1, keepdim=True) + 1e-10)
-        total = total + (fx - fy).square().sum(dim=1).mean(dim=[1, 2])
-    return total / len(net.stages)
+    return perceptual_distance_to(net, y, fixed=False)(x)
+
+
+def perceptual_distance_to(net: DomainNet, y: torch.Tensor, fixed: bool = True):
+    """x -> perceptual_distance(net, x, y) [N], with y's normalised features computed once (an optimisation compares
+    every step's image with one fixed target; `fixed`: they are computed without a graph, as a target is)."""
+    unit = lambda f: f / (f.norm(dim=1, keepdim=True) + 1e-10)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not fixed):
+        target = [unit(f) for f in net.features(y)]
+
+    def distance(x: torch.Tensor) -> torch.Tensor:
+        total = 0
+        for fx, fy in zip(net.features(x), target):
+            total = total + (unit(fx) - fy).square().sum(dim=1).mean(dim=[1, 2])
+        return total / len(net.stages)
+
+    return distance
 
 
 def id_similarity(net: DomainNet, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -82,14 +82,15 @@ class FWPlus(Method):
     def load(cls, pack: Pack, device: str | torch.device = "cpu", **options) -> "FWPlus":
         return cls(pack, device, **options)
 
-    def loss_terms(self, x: torch.Tensor, f_base: torch.Tensor, detail: torch.Tensor,
-                   f_start: torch.Tensor) -> dict[str, torch.Tensor]:
+    def loss_terms(self, x: torch.Tensor, f_base: torch.Tensor, detail: torch.Tensor, f_start: torch.Tensor,
+                   perceptual_to_x=None) -> dict[str, torch.Tensor]:
         """Per-image terms [N] for images x, base codes f_base, detail rows [N, num_ws - first, w_dim] and the
-        encoder's base codes f_start."""
+        encoder's base codes f_start (`perceptual_to_x`: `self.losses.perceptual_to(x)`, made once per chunk)."""
         w = torch.cat([self.G.w_avg.expand(x.shape[0], self.first, -1), detail], dim=1)
         y = synthesize_from_base(self.G, f_base, w)
+        perceptual_to_x = perceptual_to_x or self.losses.perceptual_to(x)
         return {"mse": (y - x).square().mean(dim=[1, 2, 3]),
-                "perceptual": self.losses.perceptual(y, x),
+                "perceptual": perceptual_to_x(y),
                 "base": (f_base - f_start).square().mean(dim=[1, 2, 3]),
                 "pspace": self.white.penalty(detail)}
 
@@ -120,8 +121,9 @@ class FWPlus(Method):
                 f_start = self.E(x)
             detail_start = self.G.w_avg.expand(K, self.G.num_ws - self.first, -1)
 
-            def loss_fn(codes: dict[str, torch.Tensor], x=x, f_start=f_start) -> torch.Tensor:
-                t = self.loss_terms(x, codes["f_base"], codes["detail"], f_start)
+            def loss_fn(codes: dict[str, torch.Tensor], x=x, f_start=f_start,
+                        perceptual_to_x=self.losses.perceptual_to(x)) -> torch.Tensor:
+                t = self.loss_terms(x, codes["f_base"], codes["detail"], f_start, perceptual_to_x)
                 return (t["mse"] + wt["perceptual"] * t["perceptual"] + wt["base"] * t["base"]
                         + wt["pspace"] * t["pspace"])
 

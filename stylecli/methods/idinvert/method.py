@@ -45,17 +45,18 @@ def inversion_loss(G, E, losses: LossNetworks, target: torch.Tensor, domain_weig
             diffusion does.
     """
     assert target.ndim == 4 and target.shape[1] == 3, f"target {tuple(target.shape)}"
+    perceptual_to_target = losses.perceptual_to(target if mask is None else target * mask)
 
     def loss_fn(codes: dict) -> torch.Tensor:
         w = codes["w_plus"]
         y = G.synthesis(w, noise_mode="const")
         if mask is None:
             mse = (y - target).square().mean(dim=[1, 2, 3])
-            perceptual = losses.perceptual(y, target)
+            perceptual = perceptual_to_target(y)
         else:
             area = mask.expand(len(y), 1, -1, -1).sum(dim=[1, 2, 3]).clamp(min=1) * 3
             mse = ((y - target).square() * mask).sum(dim=[1, 2, 3]) / area
-            perceptual = losses.perceptual(y * mask, target * mask)
+            perceptual = perceptual_to_target(y * mask)
         loss = mse + perceptual_weight * perceptual
         if domain_weight > 0:
             loss = loss + domain_weight * (w - encode(E, y)).square().mean(dim=[1, 2])
