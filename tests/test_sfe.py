@@ -65,6 +65,26 @@ def test_an_inverter_on_e4e_starts_from_e4es_code_and_reads_its_residual(G):
         inv(x)
 
 
+def test_the_detail_shortcut_joins_at_zero_and_carries_each_residual_pixel_to_its_feature_position(G):
+    inv = Inverter(**inverter_config_for(G, 16, {**TINY, "on_e4e": True})).eval()
+    grown = inv.with_detail_shortcut().eval()
+    assert grown.cfg.detail_shortcut and grown.detail[1].weight.shape == (G.synthesis.channels[16], 3 * 4 * 4, 3, 3)
+    w_e4e, x, y = torch.randn(2, G.num_ws, G.w_dim), torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    for a, b in zip(inv(x, w_e4e, y), grown(x, w_e4e, y)):  # nothing changes until it trains
+        torch.testing.assert_close(a, b)
+    # Trained (here: random weights), one residual pixel reaches F_pred at its 4 x 4 patch's position and neighbours
+    # (and, far more weakly, everywhere through the backbone, which reads the residual too).
+    torch.nn.init.normal_(grown.detail[1].weight)
+    bumped = y.clone()
+    bumped[0, :, 37, 22] += 0.5  # pixel (37, 22) lies in F_k's cell (9, 5)
+    change = (grown(x, w_e4e, y)[1] - grown(x, w_e4e, bumped)[1]).abs().sum(dim=1)[0]
+    assert change[8:11, 4:7].min() > 1 and change.sum() - change[8:11, 4:7].sum() < 0.01 * change[8:11, 4:7].sum()
+    (grown(x, w_e4e, y)[1].square().sum()).backward()
+    assert grown.detail[1].weight.grad.abs().sum() > 0
+    with pytest.raises(AssertionError, match="builds on e4e"):
+        Inverter(**inverter_config_for(G, 16, TINY)).with_detail_shortcut()
+
+
 def test_the_feature_editor_starts_by_carrying_e4es_feature_change_over():
     H = FeatureEditor(16, 2).eval()
     f, delta = torch.randn(2, 16, 8, 8), torch.randn(2, 16, 8, 8)
@@ -111,6 +131,18 @@ def test_phase_one_trains_resumes_exactly_and_exports_an_inverting_pack(tmp_path
     assert set(networks) == {INVERTER, EDITOR} and record["steps"] == 3 and "not trained" in record["editor"]
     with pytest.raises(ValueError, match="--resume continues a run with its own settings"):
         SFETrainer(dataclasses.replace(cfg, lr=1e-3), resume=True)
+
+
+def test_phase_one_from_init_grows_the_detail_shortcut(tmp_path):
+    SFETrainer(tiny_config(tmp_path, steps=1)).run()
+    trainer = SFETrainer(tiny_config(tmp_path, run_dir=str(tmp_path / "grown"), init=str(tmp_path / "run"),
+                                     detail_shortcut=True, steps=3, blend_steps=0))
+    loaded = sfe_from_run(tmp_path / "run")[0][INVERTER].state_dict()
+    assert trainer.inverter.cfg.detail_shortcut and float(trainer.inverter.detail[1].weight.abs().sum()) == 0
+    assert all(torch.equal(trainer.inverter.state_dict()[k], v) for k, v in loaded.items())
+    trainer.run()
+    exported = sfe_from_run(tmp_path / "grown")[0][INVERTER]
+    assert exported.cfg.detail_shortcut and float(exported.detail[1].weight.abs().sum()) > 0
 
 
 def test_phase_two_trains_only_the_editor_on_a_frozen_inverter(tmp_path):

@@ -40,12 +40,21 @@ class InverterConfig:
     on_e4e: bool = False                 # build on the pack's e4e inversion (docs/sfe.md): the backbone also reads the
                                          # residual x - G(w_E), the w head predicts a correction to w_E (zero at the
                                          # start); False: the official (x alone, codes around latent_avg)
+    detail_shortcut: bool = False        # with on_e4e: F_pred also receives the residual x - G(w_E) at full resolution,
+                                         # folded losslessly to F_k's size (pixel unshuffle) through one conv that
+                                         # starts at zero (docs/sfe.md); False: the official (F_pred from the
+                                         # third stage alone)
 
     @classmethod
     def official(cls) -> "InverterConfig":
         """The released inverter: IResNet-50 at 256 px, F_k 512 x 64 x 64, 18 x 512 codes."""
         return cls(input_size=256, stem=64, widths=(64, 128, 256, 512), units=(3, 4, 14, 3), strides=(2, 2, 1, 2),
                    pool=3, w_dim=512, num_ws=18, feature_channels=512, fuser_blocks=5, resize="bilinear")
+
+    @property
+    def fold(self) -> int:
+        """Side of the input patch that one F_k position covers: input_size / feature_size."""
+        return self.input_size // self.feature_size
 
     @property
     def feature_size(self) -> int:
@@ -178,6 +187,22 @@ class Inverter(nn.Module):
         self.fs_backbone = FSLikeBackbone(cfg)
         self.fuser = Fuser(cfg.feature_channels, cfg.fuser_blocks)
         self.register_buffer("latent_avg", torch.zeros(cfg.num_ws, cfg.w_dim))
+        if cfg.detail_shortcut:
+            assert cfg.on_e4e, "the detail shortcut reads the residual of e4e's inversion"
+            # BN first: the residual is ~0.05 in size, and at that scale the conv's weights would have to grow ~20x
+            # further under Ranger's fixed-size steps (measured: no gain in 500 steps without it).
+            self.detail = nn.Sequential(nn.BatchNorm2d(3 * cfg.fold ** 2),
+                                        nn.Conv2d(3 * cfg.fold ** 2, cfg.feature_channels, 3, 1, 1))
+            nn.init.zeros_(self.detail[1].weight)  # adds nothing at the start: a trained inverter keeps its output
+            nn.init.zeros_(self.detail[1].bias)
+
+    def with_detail_shortcut(self) -> "Inverter":
+        """A copy of this inverter with the detail shortcut added at zero (same outputs until it trains)."""
+        assert self.cfg.on_e4e, "the detail shortcut needs an inverter that builds on e4e"
+        grown = Inverter(**{**self.config, "detail_shortcut": True})
+        missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
+        assert not unexpected and all(k.startswith("detail.") for k in missing), (missing, unexpected)
+        return grown
 
     def forward(self, x: torch.Tensor, w_e4e: torch.Tensor | None = None, y_e4e: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -198,6 +223,8 @@ class Inverter(nn.Module):
                               **({} if mode == "area" else {"align_corners": False}))
         w, f_pred = self.fs_backbone(x)
         assert f_pred.shape[1:] == (cfg.feature_channels, cfg.feature_size, cfg.feature_size)
+        if cfg.detail_shortcut:  # every residual pixel, each fold x fold patch stacked on channels at its F_k position
+            f_pred = f_pred + self.detail(F.pixel_unshuffle(x[:, 3:], cfg.fold))
         return w + (w_e4e if given else self.latent_avg), f_pred
 
     def fuse(self, f_pred: torch.Tensor, f_w: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,9 @@ class SFETrainingConfig:
     feature_size: int = setting(16, "Phase 1 from scratch: the generator resolution whose second conv F_k replaces "
                                     "(16 or 32 at 64 px; the official 64 at 1024 px).", min=4)
     max_strength: float = setting(3.0, "Phase 2: edit strengths are drawn uniformly from +-this.", min=0)
+    detail_shortcut: bool = setting(False, "Phase 1: give the inverter the residual of e4e's inversion at full "
+                                           "resolution, folded to F_k's size (docs/sfe.md); with --init it is "
+                                           "added at zero to the loaded inverter.")
     inverter_config: dict = field(default_factory=dict)   # InverterConfig overrides (widths, units, ...)
     editor_blocks: int = 2              # residual blocks of the feature editor (the official: 5)
     # Losses (the paper, section 4 and appendix): on (X, G(F_k, w)) and (X, G(w)) in phase 1, L2 1, LPIPS 0.8, ID 0.1,

@@ -87,9 +87,11 @@ class SFETrainer(StepTrainer):
             self.inverter = _trained(cfg.inverter or cfg.model, INVERTER)
         elif cfg.init is not None:
             self.inverter = _trained(cfg.init, INVERTER)
+            if cfg.detail_shortcut and not self.inverter.cfg.detail_shortcut:
+                self.inverter = self.inverter.with_detail_shortcut()
         else:
-            self.inverter = Inverter(**inverter_config_for(self.G, cfg.feature_size,
-                                                           {"on_e4e": True, **cfg.inverter_config}))
+            self.inverter = Inverter(**inverter_config_for(self.G, cfg.feature_size, {
+                "on_e4e": True, "detail_shortcut": cfg.detail_shortcut, **cfg.inverter_config}))
             self.inverter.fuser.start_as(0.0, 1.0)  # F_k = F_w at the start
             with torch.no_grad():
                 self.inverter.latent_avg.copy_(self.G.w_avg.expand(self.G.num_ws, -1))
@@ -261,7 +263,7 @@ class SFETrainer(StepTrainer):
 
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
 _FIXED_ON_RESUME = ("phase", "model", "data", "inverter", "init", "batch", "lr", "feature_size", "max_strength",
-                    "inverter_config", "editor_blocks", "seed")
+                    "detail_shortcut", "inverter_config", "editor_blocks", "seed")
 
 
 def _trained(source: str, network: str):
