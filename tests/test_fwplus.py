@@ -15,6 +15,7 @@ from torch import nn
 from stylecli.core.networks import Generator
 from stylecli.core.ops import upfirdn2d
 from stylecli.data.domainnet import DomainNet
+from stylecli.directions import load_directions
 from stylecli.methods.fwplus import NETWORK, PSPACE
 from stylecli.methods.fwplus.encoder import BaseCodeEncoder, BaseEncoderConfig
 from stylecli.methods.fwplus.method import FWPlus, first_detail_row, generator_base, synthesize_from_base
@@ -345,3 +346,64 @@ def test_other_files_are_not_taken_for_bdinvert_checkpoints(tmp_path):
     (tmp_path / "text.pth").write_text("not a checkpoint")
     for name in ("e4e.pt", "gray.pt", "text.pth", "missing.pth"):
         assert not detect(tmp_path / name), name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Edits in the aligned frame (--edit-mode aligned)
+
+def test_crop_to_frame_maps_the_crops_corners_onto_the_matrixs_and_inverts():
+    from stylecli.methods.fwplus.aligned import crop_to_frame, invert_theta
+    # A 32 px crop covering the frame's pixels 8..24 (frame of 32), turned by 90 degrees.
+    matrix = torch.tensor([[[0.0, -0.5, 24.0], [0.5, 0.0, 8.0]]], dtype=torch.float64)
+    theta = crop_to_frame(matrix, 32, 32)
+    corners = torch.tensor([[-1.0, -1.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)  # crop edges, normalised
+    frame_px = ((corners @ theta[0].T) + 1) * 16  # back to frame edge pixels
+    expected = torch.tensor([[0.0, 0.0], [32.0, 32.0]], dtype=torch.float64) @ matrix[0, :, :2].T + matrix[0, :, 2]
+    torch.testing.assert_close(frame_px, expected)
+    round_trip = invert_theta(invert_theta(theta))
+    torch.testing.assert_close(round_trip, theta)
+
+
+@pytest.fixture(scope="module")
+def aligned_method():
+    return FWPlus(Pack.open(SHIPPED), steps=2)
+
+
+def test_an_aligned_edit_changes_the_head_where_it_is_and_nothing_beyond_its_mask(aligned_method):
+    from stylecli.bench.inversion import load_set
+    from stylecli.methods.fwplus.aligned import crop_to_frame, found_mask, invert_theta
+
+    method = aligned_method
+    assert method.aligned is not None  # the shipped pack has a face detector: auto edits in the aligned frame
+    faces = load_set("geometric", 2, 64).images
+    flat = torch.zeros(1, 3, 64, 64)  # no face in it
+    inv = method.invert(torch.cat([faces, flat]))
+    assert found_mask(inv.latents["aligned_matrix"]).tolist() == [True, True, False]
+    direction = load_directions(Pack.open(SHIPPED))["smile-linear"].vector
+    edited = method.edit_inversion(inv, direction, 2.0)
+    # The codes stay the inversion's own; the edit so far is kept for the next one.
+    for key in ("w_plus", "f_base", "aligned_w", "aligned_matrix"):
+        assert torch.equal(edited.latents[key], inv.latents[key])
+    torch.testing.assert_close(edited.latents["w_offset"][0], 2.0 * direction)
+    # Beyond the warped face mask the frame is the reconstruction, exactly; inside it changes.
+    theta = invert_theta(crop_to_frame(inv.latents["aligned_matrix"][:2], 64, 64)).float()
+    grid = torch.nn.functional.affine_grid(theta, [2, 1, 64, 64], align_corners=False)
+    reach = torch.nn.functional.grid_sample(method.aligned.mask.expand(2, 1, 64, 64), grid, align_corners=False) > 0
+    change = (edited.image[:2] - inv.image[:2]).abs().amax(dim=1, keepdim=True)
+    assert torch.equal(change[~reach], torch.zeros_like(change[~reach])) and change[reach].mean() > 1e-2
+    # The frame without a face is edited by the rows after the base code, as --edit-mode rows edits it.
+    rows = FWPlus(Pack.open(SHIPPED), steps=2, edit_mode="rows")
+    torch.testing.assert_close(edited.image[2:], rows.edit(type(inv)(latents={k: inv.latents[k][2:] for k in (
+        "w_plus", "f_base")}, image=inv.image[2:]), direction, 2.0))
+    # Edits chain: +1 then +1 is +2.
+    twice = method.edit_inversion(method.edit_inversion(inv, direction, 1.0), direction, 1.0)
+    torch.testing.assert_close(twice.image, edited.image, atol=1e-5, rtol=0)
+
+
+def test_edit_modes_are_checked(tiny_pack):
+    from stylecli.methods.base import MethodUnavailable
+    assert FWPlus(tiny_pack, steps=0).aligned is None  # auto: no detector for this pack, so rows
+    with pytest.raises(MethodUnavailable, match="edit-mode aligned: pack .tiny. has no e4e_encoder"):
+        FWPlus(tiny_pack, steps=0, edit_mode="aligned")
+    with pytest.raises(MethodUnavailable, match="choose auto, aligned, rows"):
+        FWPlus(tiny_pack, steps=0, edit_mode="sideways")

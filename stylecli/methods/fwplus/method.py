@@ -18,6 +18,9 @@ from ..base import Inversion, Method
 from . import NETWORK, PSPACE
 
 BASE_KEY = "f_base"   # the base code's name in Inversion.latents (and latent files: latent.f_base)
+EDIT_MODES = ("auto", "aligned", "rows")
+ALIGNED_KEYS = ("aligned_w", "aligned_matrix")  # --edit-mode aligned: e4e's code of the aligned crop and the crop's
+                                                # place in the frame (aligned.py); "w_offset": the edit made so far
 
 
 def base_layer(base_size: int) -> str:
@@ -56,10 +59,26 @@ class FWPlus(Method):
                  lr_rampdown: float = 0.25,               # last fraction of the steps over which the rate falls to 0
                  perceptual_weight: float = 10.0,         # weight of the pack's perceptual distance (BDInvert: 10 x LPIPS)
                  base_weight: float = 10.0,               # weight of mean((f - E(x))^2): keeps f near the encoder's
-                 pspace_weight: float = 0.01):            # weight of the P-space whitening penalty on the detail rows
+                 pspace_weight: float = 0.01,             # weight of the P-space whitening penalty on the detail rows
+                 edit_mode: str = "auto"):                # "aligned" (edits made in the aligned frame and carried
+                                                          # back, aligned.py), "rows" (BDInvert's: the rows after
+                                                          # the base code), "auto": aligned where the pack has a
+                                                          # face detector, else rows
         from ...losses import LossNetworks
+        from ..base import MethodUnavailable
 
+        if edit_mode not in EDIT_MODES:
+            raise MethodUnavailable(f"--edit-mode {edit_mode!r}: choose {', '.join(EDIT_MODES)}")
         self.device = torch.device(device)
+        self.edit_mode = edit_mode
+        self.aligned = None
+        if edit_mode != "rows":
+            from .aligned import AlignedEdits, AlignedUnavailable
+            try:
+                self.aligned = AlignedEdits(pack, device)
+            except AlignedUnavailable as exc:
+                if edit_mode == "aligned":
+                    raise MethodUnavailable(f"fwplus --edit-mode aligned: {exc}; or pass --edit-mode rows") from None
         self.G = pack.generator(device)
         self.E = pack.load(NETWORK, device)
         self.white = pack.load(PSPACE, device)
@@ -138,7 +157,11 @@ class FWPlus(Method):
         with torch.no_grad():
             image = synthesize_from_base(self.G, f_base, w)
         back = lambda t: t.to(images.device)
-        return Inversion(latents={"w_plus": back(w), BASE_KEY: back(f_base)}, image=back(image))
+        latents = {"w_plus": back(w), BASE_KEY: back(f_base)}
+        if self.aligned is not None:
+            matrices, codes = self.aligned.locate(x_all)
+            latents.update(aligned_w=back(codes), aligned_matrix=matrices.to(images.device))
+        return Inversion(latents=latents, image=back(image))
 
     def _base_of(self, inversion: Inversion) -> torch.Tensor:
         """The inversion's base code, checked (a latent file may lack it or hold another generator's)."""
@@ -153,16 +176,51 @@ class FWPlus(Method):
 
     @torch.no_grad()
     def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
-        """direction [num_ws, w_dim] (or [w_dim]) times `strength`, or a learned edit at `strength` (`edit_step`),
-        moves the W+ rows after the base layer only: the base code, which holds the head's place, size and tilt, and
-        the rows before it stay as they were."""
+        """direction [num_ws, w_dim] (or [w_dim]) times `strength`, or a learned edit at `strength` (`edit_step`).
+
+        rows: moves the W+ rows after the base layer only; the base code, which holds the head's place, size and
+        tilt, and the rows before it stay as they were.
+        aligned: the edit of the head's aligned crop carried back into the frame (aligned.py) on top of the
+        reconstruction; the codes stay the inversion's own and `w_offset` holds the edit so far, so edits chain.
+        Frames where no head was found (and latents from a rows inversion) are edited by rows."""
         codes = inversion.latents["w_plus"]
-        f_base = self._base_of(inversion)
+        f_base = self._base_of(inversion).to(self.device)
         w = codes.to(self.device).clone()
-        step = edit_step(w, direction, strength).expand(len(w), self.G.num_ws, self.G.w_dim)
-        w[:, self.first:] += step[:, self.first:]
-        image = synthesize_from_base(self.G, f_base.to(self.device), w)
-        return Inversion(latents={**inversion.latents, "w_plus": w.to(codes.device)}, image=image.to(codes.device))
+        found = self._aligned_of(inversion)
+        if found is None:
+            step = edit_step(w, direction, strength).expand(len(w), self.G.num_ws, self.G.w_dim)
+            w[:, self.first:] += step[:, self.first:]
+            image = synthesize_from_base(self.G, f_base, w)
+            return Inversion(latents={**inversion.latents, "w_plus": w.to(codes.device)},
+                             image=image.to(codes.device))
+        a, matrices = (inversion.latents[k] for k in ALIGNED_KEYS)
+        a = a.to(self.device)
+        offset = inversion.latents.get("w_offset")
+        offset = torch.zeros_like(w) if offset is None else offset.to(self.device)
+        total = offset + edit_step(a + offset, direction, strength).expand_as(w)
+        rows = w.clone()  # frames without a head: the paper's edit (a learned edit's step taken at their own code)
+        rows[:, self.first:] += (offset + edit_step(w + offset, direction, strength).expand_as(w))[:, self.first:]
+        total = torch.where(found.to(self.device)[:, None, None], total, rows - w)
+        image = torch.where(found.to(self.device)[:, None, None, None],
+                            self.aligned.carry(synthesize_from_base(self.G, f_base, w), matrices, a, total),
+                            synthesize_from_base(self.G, f_base, rows))
+        return Inversion(latents={**inversion.latents, "w_offset": total.to(codes.device)},
+                         image=image.to(codes.device))
+
+    def _aligned_of(self, inversion: Inversion) -> torch.Tensor | None:
+        """[N] bool, the frames whose head was found, when this method edits in the aligned frame and the
+        inversion has what it needs (else None: rows)."""
+        from ...latents import LatentError
+        from .aligned import found_mask
+
+        if self.aligned is None or not all(k in inversion.latents for k in ALIGNED_KEYS):
+            return None
+        a, matrices = (inversion.latents[k] for k in ALIGNED_KEYS)
+        n = len(inversion.latents["w_plus"])
+        if tuple(a.shape) != (n, self.G.num_ws, self.G.w_dim) or tuple(matrices.shape) != (n, 2, 3):
+            raise LatentError(f"aligned_w {list(a.shape)} / aligned_matrix {list(matrices.shape)} do not fit "
+                              f"{n} codes of {self.G.num_ws} x {self.G.w_dim}; invert the image again")
+        return found_mask(matrices.double())
 
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
         return self.edit_inversion(inversion, direction, strength).image

@@ -45,6 +45,9 @@ SPEC = MethodSpec(
         Option("base_weight", float, 10.0, "F/W+: weight of the base code's distance to the encoder's.", min=0),
         Option("pspace_weight", float, 0.01, "F/W+: weight of the P-space whitening penalty on the detail rows.",
                min=0),
+        Option("edit_mode", str, "auto", "F/W+ edits: 'aligned' (the head's aligned crop edited and the change "
+               "carried back; needs a face detector), 'rows' (BDInvert's: the W+ rows after the base) or 'auto' "
+               "(aligned where the pack has a detector)."),
     ),
     training=TrainingSpec(
         name="fwplus", summary="Train F/W+'s base-code encoder on samples of a pack's frozen generator (pixel + "
