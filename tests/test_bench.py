@@ -325,3 +325,24 @@ def test_edit_locality_is_measured_outside_the_renderers_own_edit_region():
     assert spilled["psnr_outside_edit"] == pytest.approx(psnr_of((1, 0.1)), abs=0.5)  # clipping aside
     blur_edit, = evaluate_editing(Blur(), domain_losses(), directions, 3, strength=2.0)
     assert blur_edit["psnr_outside_edit"] < local["psnr_outside_edit"]
+
+
+def test_moved_heads_are_brought_back_to_the_aligned_frame_for_the_predictor():
+    """`unmoved` undoes each geometric face's recorded transform: the head comes back where the aligned render of the
+    same face has it; images without a transform pass unchanged."""
+    from stylecli.bench.inversion import load_set, unmoved
+    from stylecli.data.sets import rerender
+    from stylecli.imageio import image_to_tensor
+
+    data = load_set("geometric", 4, 64)
+    back = unmoved(data.images, data.labels)
+    aligned = torch.cat([image_to_tensor(rerender({k: v for k, v in label.items() if k != "transform"}, 64))
+                         for label in data.labels])
+    centre = (slice(None), slice(None), slice(16, 48), slice(16, 48))
+    mse_back = (back[centre] - aligned[centre]).square().mean(dim=[1, 2, 3])
+    mse_moved = (data.images[centre] - aligned[centre]).square().mean(dim=[1, 2, 3])
+    assert (10 * torch.log10(4 / mse_back)).min() > 27 and (mse_back < mse_moved / 4).all()
+    plain = load_set("indomain", 2, 64)
+    assert torch.equal(unmoved(plain.images, plain.labels), plain.images)
+    mixed = [data.labels[0], {k: v for k, v in data.labels[1].items() if k != "transform"}]
+    assert torch.equal(unmoved(data.images[:2], mixed)[1], data.images[1])

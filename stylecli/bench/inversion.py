@@ -217,19 +217,20 @@ def unmoved(images: torch.Tensor, labels: list[dict] | None) -> torch.Tensor:
     head where it is can only be read once the head is brought back. `render_moved` places the aligned face's
     point u at x = c + t + s R(angle)^T (u - c) about the canvas centre c; sampling the image at x(u) undoes it
     (in grid_sample's [-1, 1] coordinates: x = s R^T u + 2 t, t in canvas units)."""
-    if labels is None or not any("transform" in label for label in labels):
+    moved = [i for i, label in enumerate(labels or []) if "transform" in label]
+    if not moved:
         return images
-    theta = torch.zeros(len(images), 2, 3)
-    for i, label in enumerate(labels):
-        t = label.get("transform")
-        if t is None:
-            theta[i, 0, 0] = theta[i, 1, 1] = 1
-            continue
+    theta = torch.zeros(len(moved), 2, 3)
+    for k, i in enumerate(moved):
+        t = labels[i]["transform"]
         a, scale = math.radians(t["angle"]), t["scale"]
-        theta[i] = torch.tensor([[scale * math.cos(a), -scale * math.sin(a), 2 * t["dx"]],
+        theta[k] = torch.tensor([[scale * math.cos(a), -scale * math.sin(a), 2 * t["dx"]],
                                  [scale * math.sin(a), scale * math.cos(a), 2 * t["dy"]]])
-    grid = torch.nn.functional.affine_grid(theta.to(images), list(images.shape), align_corners=False)
-    return torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    grid = torch.nn.functional.affine_grid(theta.to(images), [len(moved), *images.shape[1:]], align_corners=False)
+    out = images.clone()
+    out[moved] = torch.nn.functional.grid_sample(images[moved], grid, mode="bilinear", padding_mode="border",
+                                                 align_corners=False)
+    return out
 
 
 def _edit_row(name: str, target: str, base: torch.Tensor, edited: torch.Tensor, losses: LossNetworks,
