@@ -81,8 +81,9 @@ class IDInvert(Method):
                              f"{self.G.num_ws} x {self.G.w_dim}")
         self.steps, self.lr, self.lr_rampdown = steps, lr, lr_rampdown
         self.domain_weight = 0.0 if no_domain_reg else domain_reg
-        # Images optimised together (see `optimize`): one on a CPU, where a batch saves little (a batch of 16 costs
-        # ~0.8x as much per image as one image alone); 8 on a GPU, where a batch of 8 takes about as long as one.
+        # Images optimised together (see `optimize`): one on a CPU, where a fixed chunk of 16 would make one image
+        # cost 16x (a batch of 16 costs ~0.4x per image, docs/idinvert.md); 8 on a GPU, where 8 take about as long
+        # as one.
         self.chunk = 1 if self.device.type == "cpu" else 8
 
     @classmethod
