@@ -22,9 +22,11 @@ demo: venv
 	$(BIN)/stylecli edit examples/face.png --direction smile --strength 2 --method e4e -o out/demo
 	@echo "wrote out/demo/ (examples/face.png made to smile by e4e on the embedded synthface-64 pack)"
 
-# The fast tier (minutes): everything but the tests marked slow.
+# The fast tier (minutes): everything but the tests marked slow, one worker process per core (TEST_WORKERS=0: one
+# process), each on one thread (two workers of two threads each would fight over a 2-core CPU).
+TEST_WORKERS ?= auto
 test: venv
-	$(BIN)/python -m pytest -q -m "not slow"
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -m "not slow" -n $(TEST_WORKERS)
 
 # Everything, including compiling the CUDA sources and two-process torchrun runs (a GPU adds its own tests).
 test-all: venv

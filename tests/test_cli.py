@@ -1,5 +1,6 @@
 """The command line as a user meets it: help, generate, weights, bench, and one-line errors."""
 
+import io
 import json
 import os
 import subprocess
@@ -104,3 +105,16 @@ def test_bench_generator_and_ops_print_tables():
     ops = run("bench", "ops", "--device", "cpu", "--repeats", "1")
     assert ops.returncode == 0, ops.stderr
     assert "upsample2d" in ops.stdout and "only the reference path" in ops.stderr
+
+
+def test_console_width_follows_columns_as_it_is_when_printing(monkeypatch):
+    from stylecli.cli.common import PlainConsole
+
+    monkeypatch.setenv("COLUMNS", "50")
+    console = PlainConsole(stderr=False)
+    assert console.width == 50
+    monkeypatch.setenv("COLUMNS", "300")  # set after the console exists (tests, and a resized terminal)
+    assert console.width == 300
+    monkeypatch.delenv("COLUMNS")
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # redirected: room for wide tables, not rich's 80
+    assert console.width == 160

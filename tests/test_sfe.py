@@ -138,7 +138,7 @@ def test_phase_one_from_init_grows_the_detail_shortcut(tmp_path):
     trainer = SFETrainer(tiny_config(tmp_path, run_dir=str(tmp_path / "grown"), init=str(tmp_path / "run"),
                                      detail_shortcut=True, steps=3, blend_steps=0))
     loaded = sfe_from_run(tmp_path / "run")[0][INVERTER].state_dict()
-    assert trainer.inverter.cfg.detail_shortcut and float(trainer.inverter.detail[1].weight.abs().sum()) == 0
+    assert trainer.inverter.cfg.detail_shortcut and float(trainer.inverter.detail[1].weight.detach().abs().sum()) == 0
     assert all(torch.equal(trainer.inverter.state_dict()[k], v) for k, v in loaded.items())
     trainer.run()
     exported = sfe_from_run(tmp_path / "grown")[0][INVERTER]

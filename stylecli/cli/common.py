@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from contextlib import contextmanager
 
 import typer
-from rich.console import Console, RenderableType
+from rich.console import Console, ConsoleDimensions, RenderableType
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
@@ -26,10 +25,18 @@ class PlainConsole(Console):
     style (the wrong name): markup is off, here and in status lines. Styled text is passed as `rich.text.Text`."""
 
     def __init__(self, stderr: bool):
-        stream = sys.stderr if stderr else sys.stdout
-        # Redirected to a file or a pipe, rich would wrap tables at 80 columns; logs get room for the widest instead.
-        width = None if stream.isatty() or "COLUMNS" in os.environ else 160
-        super().__init__(stderr=stderr, emoji=False, markup=False, width=width)
+        super().__init__(stderr=stderr, emoji=False, markup=False)
+        self._width = None  # rich fixes COLUMNS at construction; the width is decided at each print instead
+
+    def _live_size(self) -> ConsoleDimensions:
+        """The terminal's size, COLUMNS as it is now, or, redirected to a file or a pipe without COLUMNS, 160 columns
+        (rich would wrap tables at 80; logs get room for the widest)."""
+        size = Console.size.fget(self)
+        if self._width is None and "COLUMNS" not in os.environ and not self.file.isatty():
+            return ConsoleDimensions(160, size.height)
+        return size
+
+    size = property(_live_size, Console.size.fset)
 
     def status(self, status: RenderableType, **kwargs):
         return super().status(Text(status) if isinstance(status, str) else status, **kwargs)
