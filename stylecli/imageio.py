@@ -202,8 +202,22 @@ def save_image(img: Image.Image, path: str | os.PathLike, protected: ProtectedPa
     return path
 
 
+# Files that belong to an image beside them rather than being faces: ground-truth masks (`stylecli data ood` writes
+# NAME_mask.png) and what invert/edit/blend write next to a result (NAME.mask.png, NAME_overlay.png,
+# NAME_compare.png), so that a folder of a data set or of earlier results can be given again as input.
+SIDECAR_ENDINGS = ("_mask", ".mask", "_overlay", "_compare")
+
+
+def is_sidecar(path: Path, images: set[Path]) -> bool:
+    """Whether `path` is a mask, overlay or comparison strip of one of `images` (paths without their suffixes) in its
+    own folder."""
+    stem = path.stem
+    return any(stem.endswith(end) and path.with_name(stem[:-len(end)]) in images for end in SIDECAR_ENDINGS)
+
+
 def list_images(path: str | os.PathLike) -> list[Path]:
-    """The image itself, or the images in a folder (sorted; not recursive; hidden files left out). Entries are told
+    """The image itself, or the images in a folder (sorted; not recursive; hidden files left out, and the masks,
+    overlays and comparison strips of another image in the folder: NAME_mask.png beside NAME.png). Entries are told
     apart by name only: one that cannot be read (a FIFO, a symlink loop) fails alone when it is loaded."""
     path = Path(path)
     try:
@@ -215,7 +229,9 @@ def list_images(path: str | os.PathLike) -> list[Path]:
             names = os.listdir(path)
         except OSError as exc:
             raise ImageError(f"{printable(path)}: cannot list the folder ({exc.strerror})") from None
-        return sorted(path / n for n in names if Path(n).suffix.lower() in READABLE_SUFFIXES and not n.startswith("."))
+        images = [path / n for n in names if Path(n).suffix.lower() in READABLE_SUFFIXES and not n.startswith(".")]
+        stems = {p.with_suffix("") for p in images}
+        return sorted(p for p in images if not is_sidecar(p, stems))
     problem = describe_problem(path)
     if problem:
         raise ImageError(f"{printable(path)}: {problem}")

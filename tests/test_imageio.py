@@ -88,3 +88,12 @@ def test_list_images_of_a_folder(tmp_path):
     assert [p.name for p in list_images(tmp_path)] == ["a.jpg", "b.png"]
     with pytest.raises(ImageError):
         list_images(tmp_path / "nope")
+
+
+def test_a_folder_leaves_out_the_masks_and_strips_of_its_images(tmp_path):
+    for name in ("face.png", "face_mask.png", "face.mask.png", "face_overlay.png", "face_compare.png", "b.jpg",
+                 "b_mask.png", "lone_mask.png", "face_smile+2.png"):
+        (tmp_path / name).write_bytes(b"")
+    # a sidecar goes with its image; one without an image beside it, or an edit of an image, is an input like any
+    assert [p.name for p in list_images(tmp_path)] == ["b.jpg", "face.png", "face_smile+2.png", "lone_mask.png"]
+    assert [p.name for p in list_images(tmp_path / "face_mask.png")] == ["face_mask.png"]  # named: always taken

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..imageio import READABLE_SUFFIXES, ImageError, load_image
+from ..imageio import READABLE_SUFFIXES, ImageError, is_sidecar, load_image
 from .render import SUPERSAMPLE, FaceParams, finish, render, render_background, render_face_layer, sample_params
 
 SET_SEEDS = {"train": 0, "indomain": 1_000_000_000, "detail": 1_100_000_000, "ood": 1_200_000_000,
@@ -126,14 +126,13 @@ def evaluation_set(source: str, count: int, resolution: int = 64) -> EvaluationS
 
 
 def find_images(folder: Path) -> list[Path]:
-    """The images under `folder`, recursively, sorted by path; hidden files and folders and masks left out."""
+    """The images under `folder`, recursively, sorted by path; hidden files and folders, and masks (the sidecars
+    of `imageio.is_sidecar`) left out."""
     folder = Path(folder)
     found = [p for p in folder.rglob("*") if p.suffix.lower() in READABLE_SUFFIXES and p.is_file()
              and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
     stems = {p.with_suffix("") for p in found}
-    return sorted((p for p in found if not (p.stem.endswith(MASK_SUFFIX) and
-                                            p.with_name(p.stem[:-len(MASK_SUFFIX)]) in stems)),
-                  key=lambda p: p.relative_to(folder).parts)
+    return sorted((p for p in found if not is_sidecar(p, stems)), key=lambda p: p.relative_to(folder).parts)
 
 
 def _mask_of(image: Path) -> Path | None:
