@@ -316,6 +316,13 @@ def test_bad_training_setups_are_one_line_errors(tmp_path, pack):
     trainer = SAMMTrainer(_config(tmp_path / "b", steps=1, init=str(tmp_path / "with-samm")))
     assert all(p.requires_grad for p in trainer.net.parameters())
     trainer.run()
+    loaded = ",".join(map(str, trainer.net.scales))
+    same = SAMMTrainer(_config(tmp_path / "d", init=str(tmp_path / "with-samm"), scales=loaded, flow_scales=loaded))
+    assert same.net.scales == trainer.net.scales
+    with pytest.raises(ValueError, match=f"--scales 16,32: the SAMM of --init .* has its blocks at {loaded}"):
+        SAMMTrainer(_config(tmp_path / "e", init=str(tmp_path / "with-samm"), scales="16,32"))
+    with pytest.raises(ValueError, match=f"--flow-scales 16: the SAMM of --init .* aligns at {loaded}"):
+        SAMMTrainer(_config(tmp_path / "f", init=str(tmp_path / "with-samm"), flow_scales="16"))
     wrong = SAMM([8, 16], [64, 64], [128, 64])
     write_pack(tmp_path / "wrong", "wrong", {"generator": pack.generator(), "samm": wrong}, 64, {"how": "test"})
     with pytest.raises(ValueError, match="trained for another generator or encoder"):

@@ -70,7 +70,8 @@ class SAMMTrainingConfig:
     ema_beta: float = 0.999
     progressive_start: int | None = None  # None: 10% of the steps; then one more (finer) scale every
     progressive_step: int | None = None   # None: 20% of the steps (the official: 2k, then every 4k)
-    init: str | None = setting(None, "Start the taps and blocks from this samm run folder or pack.")
+    init: str | None = setting(None, "Start the taps and blocks from this samm run folder or pack (at its scales and "
+                                     "flows: --scales or --flow-scales that ask for others are an error).")
     checkpoint_every: int = setting(250, "Checkpoint interval in steps (also written at the end).", min=1)
     log_every: int = 25
     workers: int = setting(1, "Processes that read or render training images beside training (0: none).", min=0)

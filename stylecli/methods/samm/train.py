@@ -88,6 +88,19 @@ def build_samm(G, encoder, scales: list[int], cfg: SAMMTrainingConfig) -> SAMM:
                 blur_padding="replicate", flow_scales=flow_scales)
 
 
+def _check_init_scales(cfg: SAMMTrainingConfig, net: SAMM, resolution: int, feature_sizes) -> None:
+    """--init loads blocks whose scales and flows are fixed: --scales or --flow-scales that ask for others are an
+    error (they would otherwise be ignored without a word)."""
+    if cfg.scales != "auto" and parse_scales(cfg.scales, resolution, feature_sizes) != list(net.scales):
+        raise ValueError(f"--scales {cfg.scales}: the SAMM of --init {cfg.init} has its blocks at "
+                         f"{','.join(map(str, net.scales))} (leave --scales out with --init)")
+    if cfg.flow_scales != "all" and sorted(_resolutions(cfg.flow_scales, "--flow-scales", "16,32 or 'all'")) != list(
+            net.config["flow_scales"]):
+        flows = ",".join(map(str, net.config["flow_scales"])) or "none"
+        raise ValueError(f"--flow-scales {cfg.flow_scales}: the SAMM of --init {cfg.init} aligns at {flows} (leave "
+                         f"--flow-scales out with --init)")
+
+
 def parse_area_caps(text: str) -> tuple[list[float], float]:
     """--area-caps: 'c1,c2,.../final' (the final cap optional, default 0.20) or 'off' (caps of 1: a mean mask never
     exceeds them) -> (per-scale caps, coarse to fine, the gathered mask's cap)."""
@@ -173,6 +186,7 @@ class SAMMTrainer(StepTrainer):
                                                                   self.net.config["enc_channels"]):
                 raise ValueError(f"--init {cfg.init}: its SAMM was trained for another generator or encoder (scales "
                                  f"{self.net.scales}, channels {self.net.config['gen_channels']})")
+            _check_init_scales(cfg, self.net, self.G.img_resolution, self.E.feature_channels())
         else:
             scales = parse_scales(cfg.scales, self.G.img_resolution, self.E.feature_channels())
             self.net = build_samm(self.G, self.E, scales, cfg)
