@@ -190,8 +190,11 @@ def load_directions(pack: Pack) -> dict[str, Direction]:
 
 def linear_stack(pack: Pack) -> torch.Tensor | None:
     """The pack's W+ directions (its learned edits left out) stacked [K, num_ws, w_dim], or None when it has none:
-    what trainers draw random edits from (`random_edit_steps`)."""
-    linear = [d.vector for d in load_directions(pack).values() if not d.learned]
+    what trainers draw random edits from (`random_edit_steps`). A linear direction a learned one has replaced is left
+    out too. The learned networks are not built: loading them would draw from torch's random stream, so a trainer's
+    start would depend on what the process had loaded before."""
+    learned = _learned_entries(pack)
+    linear = [d.vector for name, d in _linear_directions(pack).items() if name not in learned]
     return torch.stack(linear) if linear else None
 
 

@@ -450,3 +450,23 @@ def test_two_processes_train_samm_under_torchrun(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert state["step"] == 2 and state["source_position"] == 2  # each rank drew batch / 2 = 1 image per step
+
+
+def test_the_edited_share_of_a_batch_carries_its_fraction_over_the_steps():
+    from stylecli.methods.samm.train import edited_count
+
+    assert [edited_count(0.5, 8, s) for s in range(3)] == [4, 4, 4]
+    assert [edited_count(0.5, 1, s) for s in range(4)] == [0, 1, 0, 1]  # a batch of one still sees edited passes
+    for share, batch in ((0.3, 2), (0.5, 3), (1.0, 5), (0.0, 4)):
+        counts = [edited_count(share, batch, s) for s in range(100)]
+        assert all(0 <= c <= batch for c in counts) and abs(sum(counts) - share * batch * 100) < 1
+
+
+def test_a_run_starts_the_same_whatever_the_process_loaded_before(tmp_path):
+    """The seed alone fixes a run's start: loading the pack's directions (its learned edits are networks) draws
+    nothing from torch's random stream, so a second run in one process starts where the first did."""
+    from stylecli.methods.samm.train import SAMMTrainer
+
+    first, second = (SAMMTrainer(_config(tmp_path / name)) for name in ("a", "b"))
+    for key, value in first.net.state_dict().items():
+        assert torch.equal(value, second.net.state_dict()[key]), key

@@ -15,6 +15,7 @@ position); under torchrun each process takes batch / N images and gradients are 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import asdict
 from pathlib import Path
 
@@ -99,6 +100,13 @@ def _check_init_scales(cfg: SAMMTrainingConfig, net: SAMM, resolution: int, feat
         flows = ",".join(map(str, net.config["flow_scales"])) or "none"
         raise ValueError(f"--flow-scales {cfg.flow_scales}: the SAMM of --init {cfg.init} aligns at {flows} (leave "
                          f"--flow-scales out with --init)")
+
+
+def edited_count(share: float, batch: int, step: int) -> int:
+    """How many images of this process's batch get the edited pass at `step`: share * batch, its fraction carried
+    from step to step (a batch of one at share 0.5 is edited every other step, not never), a function of the step
+    alone so that a resumed run repeats it."""
+    return math.floor(share * batch * (step + 1) + 1e-9) - math.floor(share * batch * step + 1e-9)
 
 
 def parse_area_caps(text: str) -> tuple[list[float], float]:
@@ -269,7 +277,7 @@ class SAMMTrainer(StepTrainer):
         if cfg.target_weight > 0:
             target = missed_pixels(x, result.generated.detach(), cfg.target_threshold, cfg.target_cleanup)
             loss_target = target_loss(result, target)
-            edited = round(cfg.edit_share * len(x))
+            edited = edited_count(cfg.edit_share, len(x), self.step)
             if edited > 0:
                 loss_edit = target_loss(self.edited_pass(x[:edited], codes[:edited], taps, active), target[:edited])
         loss = (cfg.mse_weight * loss_mse + cfg.perceptual_weight * loss_p + cfg.style_weight * loss_style
