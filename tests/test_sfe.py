@@ -142,7 +142,7 @@ def test_phase_one_from_init_grows_the_detail_shortcut(tmp_path):
     assert all(torch.equal(trainer.inverter.state_dict()[k], v) for k, v in loaded.items())
     trainer.run()
     exported = sfe_from_run(tmp_path / "grown")[0][INVERTER]
-    assert exported.cfg.detail_shortcut and float(exported.detail[1].weight.abs().sum()) > 0
+    assert exported.cfg.detail_shortcut and float(exported.detail[1].weight.detach().abs().sum()) > 0
 
 
 def test_phase_two_trains_only_the_editor_on_a_frozen_inverter(tmp_path):
