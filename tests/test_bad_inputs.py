@@ -417,3 +417,17 @@ def test_the_training_hint_names_the_pack_as_it_can_be_found(tmp_path, monkeypat
     monkeypatch.setenv("STYLECLI_WEIGHTS", str(tmp_path))
     with pytest.raises(MethodUnavailable, match="train it with `stylecli train e4e --model 'my faces'`"):
         get_method("e4e").load(Pack.open("my faces"))
+
+
+def test_an_output_two_inputs_would_write_fails_the_second_alone(tmp_path):
+    """A folder leaves a's strip out of its listing, but a list given from Python may hold both: a.png's
+    a_compare.png and the reconstruction of an input named a_compare.png are one path."""
+    face(tmp_path / "a.png")
+    face(tmp_path / "a_compare.png", (10, 200, 10))
+    assert list_images(tmp_path) == [tmp_path / "a.png"]
+    both = [tmp_path / "a.png", tmp_path / "a_compare.png"]
+    results = {Path(r.source).name: r for r in invert_files(TinyMethod(), "tiny-pack", both, tmp_path / "out",
+                                                            compare=True)}
+    assert results["a.png"].status == "done"
+    second = results["a_compare.png"]
+    assert second.status == "failed" and "is also the output of" in second.error
