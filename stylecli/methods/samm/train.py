@@ -76,17 +76,21 @@ def samm_shapes(G, encoder, scales: list[int]) -> tuple[list[int], list[int]]:
     return [G.synthesis.feature_shape(f"b{r}.conv0")[0] for r in scales], [enc[r] for r in scales]
 
 
+def parse_flow_scales(text: str, scales: list[int]) -> list[int]:
+    """--flow-scales: 'all' (every one of `scales`) or comma-separated resolutions among them, sorted."""
+    if text == "all":
+        return sorted(scales)
+    flow_scales = _resolutions(text, "--flow-scales", "16,32 or 'all'")
+    if not set(flow_scales) <= set(scales):
+        raise ValueError(f"--flow-scales {text!r}: each must be one of the scales {scales}")
+    return sorted(flow_scales)
+
+
 def build_samm(G, encoder, scales: list[int], cfg: SAMMTrainingConfig) -> SAMM:
     """A fresh SAMM for this generator and encoder at `scales`."""
     gen, enc = samm_shapes(G, encoder, scales)
-    if cfg.flow_scales == "all":
-        flow_scales = scales
-    else:
-        flow_scales = _resolutions(cfg.flow_scales, "--flow-scales", "16,32 or 'all'")
-        if not set(flow_scales) <= set(scales):
-            raise ValueError(f"--flow-scales {cfg.flow_scales!r}: each must be one of the scales {scales}")
     return SAMM(scales, gen, enc, hidden_max=cfg.hidden_max, cycles=cfg.cycles, max_flow=cfg.max_flow,
-                blur_padding="replicate", flow_scales=flow_scales)
+                blur_padding="replicate", flow_scales=parse_flow_scales(cfg.flow_scales, scales))
 
 
 def _check_init_scales(cfg: SAMMTrainingConfig, net: SAMM, resolution: int, feature_sizes) -> None:
@@ -95,8 +99,7 @@ def _check_init_scales(cfg: SAMMTrainingConfig, net: SAMM, resolution: int, feat
     if cfg.scales != "auto" and parse_scales(cfg.scales, resolution, feature_sizes) != list(net.scales):
         raise ValueError(f"--scales {cfg.scales}: the SAMM of --init {cfg.init} has its blocks at "
                          f"{','.join(map(str, net.scales))} (leave --scales out with --init)")
-    if cfg.flow_scales != "all" and sorted(_resolutions(cfg.flow_scales, "--flow-scales", "16,32 or 'all'")) != list(
-            net.config["flow_scales"]):
+    if cfg.flow_scales != "all" and parse_flow_scales(cfg.flow_scales, net.scales) != list(net.config["flow_scales"]):
         flows = ",".join(map(str, net.config["flow_scales"])) or "none"
         raise ValueError(f"--flow-scales {cfg.flow_scales}: the SAMM of --init {cfg.init} aligns at {flows} (leave "
                          f"--flow-scales out with --init)")
