@@ -5,8 +5,6 @@ Most classes run the pipeline with a tiny stand-in method (fast); the CLI runs u
 """
 
 import os
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,6 +21,7 @@ from stylecli.imageio import READABLE_SUFFIXES, ImageError, list_images, load_im
 from stylecli.latents import SUFFIX, LatentError, LatentSpec, load_latent, save_latent
 from stylecli.methods.base import Inversion
 from stylecli.pipeline import edit_files, invert_files, output_stems, parse_strengths
+from cli_runner import stylecli
 
 
 class TinyMethod:
@@ -53,8 +52,7 @@ def face(path, colour=(120, 80, 60), size=8):
 
 
 def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=600)
+    return stylecli(*args, cwd=cwd)
 
 
 def one_line_error(out, code=2):

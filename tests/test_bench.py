@@ -3,9 +3,6 @@ attribute kinds from the predictor, and packs without an attribute predictor."""
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,6 +17,7 @@ from stylecli.bench.masks import mask_agreement, masked_psnr
 from stylecli.data.domainnet import DomainNet, id_similarity, perceptual_distance
 from stylecli.losses import LossNetworks
 from stylecli.methods.base import Inversion
+from cli_runner import stylecli
 
 REPO = Path(__file__).resolve().parents[1]
 RESOLUTION = 32
@@ -27,8 +25,7 @@ RESOLUTION = 32
 
 def cli(*args):
     """The command's result; tables as wide as they need (the test run sets COLUMNS=80, which would wrap headers)."""
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True, timeout=600,
-                          cwd=REPO, env={**os.environ, "COLUMNS": "200"})
+    return stylecli(*args, cwd=REPO, env={"COLUMNS": "200"})
 
 
 class Blur:

@@ -2,8 +2,6 @@
 
 import io
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np
@@ -11,11 +9,11 @@ import pytest
 from PIL import Image
 
 from checkpoint_fixtures import random_networks, write_rosinality_pt
+from cli_runner import stylecli
 
 
 def run(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True, cwd=cwd,
-                          env={**os.environ, **(env or {})}, timeout=600)
+    return stylecli(*args, cwd=cwd, env=env)
 
 
 @pytest.mark.parametrize("command", [[], ["generate"], ["invert"], ["edit"], ["blend"], ["train"],

@@ -10,6 +10,7 @@ from checkpoint_fixtures import (golden_case, random_networks, rosinality_genera
                                  write_golden_rosinality_pt, write_nvidia_pkl, write_rosinality_pt)
 from stylecli.packs import Pack, write_pack
 from stylecli.packs.convert import ConversionError, convert_checkpoint
+from cli_runner import stylecli
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +126,6 @@ def test_pack_round_trip_verify_and_fp16(tmp_path, fixtures):
 
 def test_official_e4e_checkpoint_layout_converts_exactly(tmp_path):
     """encoder.* with the official module names, decoder.* in rosinality's layout, latent_avg [num_ws, w_dim]."""
-    import subprocess
-    import sys
 
     from checkpoint_fixtures import rosinality_generator_state
     from stylecli.methods.e4e.encoder import Encoder4Editing
@@ -145,8 +144,7 @@ def test_official_e4e_checkpoint_layout_converts_exactly(tmp_path):
     sd.update({f"decoder.{k}": v for k, v in rosinality_generator_state(G).items()})
     torch.save({"state_dict": sd, "opts": {"stylegan_size": 32, "encoder_type": "Encoder4Editing"},
                 "latent_avg": E.latent_avg.clone()}, tmp_path / "e4e_tiny_encode.pt")
-    out = subprocess.run([sys.executable, "-m", "stylecli", "weights", "convert", str(tmp_path / "e4e_tiny_encode.pt"),
-                          str(tmp_path / "pack")], capture_output=True, text=True)
+    out = stylecli("weights", "convert", tmp_path / "e4e_tiny_encode.pt", tmp_path / "pack")
     assert out.returncode == 0, out.stderr
     pack = Pack.open(tmp_path / "pack")
     E2, G2 = pack.load("e4e_encoder"), pack.generator()
@@ -252,14 +250,11 @@ def test_settings_the_core_cannot_honour_are_refused_by_name(name, tmp_path):
 
 def test_lr_multiplier_refusal_through_the_cli(tmp_path):
     """The issue's case: `weights convert` of a mapping with lr_multiplier 0.1 ends with one error line and exit 2."""
-    import subprocess
-    import sys
 
     meta, tensors = golden_case("nvidia")
     _g_kwargs(meta)["mapping_kwargs"]["lr_multiplier"] = 0.1
     pkl = write_golden_nvidia_pkl(tmp_path / "s.pkl", meta, tensors, tmp_path / "m")
-    out = subprocess.run([sys.executable, "-m", "stylecli", "weights", "convert", str(pkl), str(tmp_path / "pack")],
-                         capture_output=True, text=True)
+    out = stylecli("weights", "convert", pkl, tmp_path / "pack")
     assert out.returncode == 2
     assert "mapping_kwargs.lr_multiplier=0.1 is not supported" in out.stderr
     assert not (tmp_path / "pack").exists()

@@ -1,8 +1,6 @@
 """The synthetic face domain: determinism, attributes, evaluation sets and their ground truth."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -11,6 +9,7 @@ from PIL import Image, ImageFilter
 
 from stylecli.data.render import ATTRIBUTES, render, render_seed, sample_params
 from stylecli.data.sets import SET_SEEDS, TRAIN_SEED_LIMIT, make_sample
+from cli_runner import stylecli
 
 
 def pixels(img):
@@ -116,10 +115,7 @@ def test_geometric_set_records_its_transform():
 
 
 def test_data_synth_command_writes_images_labels_and_masks(tmp_path):
-    import subprocess
-    import sys
-    out = subprocess.run([sys.executable, "-m", "stylecli", "data", "synth", "--set", "ood", "--count", "3",
-                          "--out", str(tmp_path), "--resolution", "32"], capture_output=True, text=True)
+    out = stylecli("data", "synth", "--set", "ood", "--count", "3", "--out", tmp_path, "--resolution", "32")
     assert out.returncode == 0, out.stderr
     labels = [json.loads(line) for line in (tmp_path / "labels.jsonl").read_text().splitlines()]
     assert [l["file"] for l in labels] == ["000000.png", "000001.png", "000002.png"]
@@ -234,8 +230,7 @@ def test_workers_run_single_threaded():
 def test_a_data_synth_folder_is_the_same_evaluation_set(tmp_path):
     from stylecli.data.sets import evaluation_set
 
-    out = subprocess.run([sys.executable, "-m", "stylecli", "data", "synth", "--set", "ood", "--count", "3",
-                          "--out", str(tmp_path / "ood"), "--resolution", "32"], capture_output=True, text=True)
+    out = stylecli("data", "synth", "--set", "ood", "--count", "3", "--out", tmp_path / "ood", "--resolution", "32")
     assert out.returncode == 0, out.stderr
     rendered, read = evaluation_set("ood", 3, 32), evaluation_set(str(tmp_path / "ood"), 3, 32)
     assert read.labelled and read.masked and len(read.samples) == 3

@@ -2,8 +2,6 @@
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,12 +10,13 @@ from PIL import Image
 from stylecli.methods.e4e.encoder import Encoder4Editing, EncoderConfig
 from stylecli.methods.e4e.train import E4ETrainer, E4ETrainingConfig
 from tiny_runs import train_tiny_runs
+from cli_runner import stylecli
 
 TINY_ENCODER = dict(widths=[8, 8, 16, 16], units=[1, 1, 1, 1], stem=8)
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True, timeout=600)
+    return stylecli(*args)
 
 
 @pytest.fixture(scope="module")

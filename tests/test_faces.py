@@ -2,7 +2,6 @@
 (the user's landmarks file, a mocked dlib, facexlib's RetinaFace with random weights, the synthetic domain's network
 trained a few steps), scenes, EXIF and ICC profiles, and the commands on folders of photos."""
 
-import contextlib
 import io
 import json
 import math
@@ -27,6 +26,7 @@ from stylecli.faces.detect import DlibDetector, LandmarkError, LandmarkFile, ope
 from stylecli.faces.photos import PhotoAligner, choose_faces, parse_face_choice, recipe_of
 from stylecli.imageio import load_image
 from stylecli.packs import Pack
+from cli_runner import stylecli
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "weights" / "synthface-64"
@@ -36,24 +36,12 @@ GRACE_POINTS = np.array([[222.5, 189.0], [307.5, 186.0], [267.5, 242.5], [230.0,
 
 
 def cli(*args, env=None):
-    """`stylecli ARGS` in a new process when `env` adds to the environment, else in this one (seconds less per call;
-    the same `main`, its exit code and its output)."""
+    """`stylecli ARGS` in this process, or in a new one when `env` adds to the environment (a fake module on
+    PYTHONPATH must be there at import)."""
     if env is not None:
         return subprocess.run([sys.executable, "-m", "stylecli", *map(str, args)], capture_output=True, text=True,
                               timeout=600, env={**os.environ, **env})
-    from stylecli.cli import main
-    out, err = io.StringIO(), io.StringIO()
-    argv = sys.argv
-    sys.argv = ["stylecli", *map(str, args)]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            main()
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    finally:
-        sys.argv = argv
-    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+    return stylecli(*args)
 
 
 def psnr_on(a, b, mask):

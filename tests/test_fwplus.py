@@ -2,10 +2,7 @@
 that keep the base code, the trainer (resume, export with the P-space whitening), the converter and the command line."""
 
 import dataclasses
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,14 +19,14 @@ from stylecli.methods.fwplus.method import FWPlus, first_detail_row, generator_b
 from stylecli.methods.fwplus.pspace import PSpaceWhitening
 from stylecli.methods.fwplus.spec import FWPlusTrainingConfig
 from stylecli.packs import Pack, write_pack
+from cli_runner import stylecli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
 TINY_ENCODER = dict(widths=[4, 8, 8], convs_per_stage=1)
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=600)
+    return stylecli(*args, env={"COLUMNS": "200"})
 
 
 def tiny_generator(seed=0):

@@ -2,10 +2,7 @@
 
 import dataclasses
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,13 +12,13 @@ from stylecli.methods.idinvert import NETWORK
 from stylecli.methods.idinvert.encoder import DomainGuidedEncoder, EncoderConfig
 from stylecli.methods.idinvert.spec import IDInvertTrainingConfig
 from stylecli.packs import Pack, write_pack
+from cli_runner import stylecli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}, timeout=600)
+    return stylecli(*args, env={"COLUMNS": "200"})
 
 
 def _config(run_dir, **overrides):

@@ -2,10 +2,7 @@
 a pack (shapes refused), `directions list` with measured effects, every method's edit path, and the CLI."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,14 +11,13 @@ import torch
 from stylecli.edits import (Calibration, EditChain, LearnedEdit, calibrated_shift, combine, edit_step, moved_to)
 from stylecli.train.edits import EditTrainer, EditTrainingConfig
 from tiny_runs import train_tiny_runs
+from cli_runner import stylecli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args):
-    env = {**os.environ, "COLUMNS": "300"}  # tables whole, whatever the terminal running the tests
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True, timeout=600,
-                          env=env)
+    return stylecli(*args, env={"COLUMNS": "300"})  # tables whole, whatever the terminal running the tests
 
 
 @pytest.fixture(scope="module")

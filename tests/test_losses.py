@@ -1,7 +1,5 @@
 """Real-face loss slots: LPIPS(alex) and ArcFace IR-SE50 from their usual downloads, in a pack, used by e4e training."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import lpips
@@ -12,12 +10,13 @@ from stylecli.core.networks import Generator
 from stylecli.irse import ArcFace
 from stylecli.losses import AlexNetFeatures, LossNetworks
 from stylecli.packs import Pack, PackError, write_pack
+from cli_runner import stylecli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True, timeout=600)
+    return stylecli(*args)
 
 
 def torchvision_alexnet_state(seed=0):

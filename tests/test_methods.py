@@ -1,7 +1,6 @@
 """The method contract: every registered method conforms; options, training targets and converters are generic."""
 
 import dataclasses
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +12,13 @@ from stylecli.methods import METHODS, MethodUnavailable, get_method
 from stylecli.methods.base import ConverterSpec, Method, MethodSpec, Option, resolve
 from stylecli.packs import Pack
 from stylecli.train.targets import TrainingSpec, training_targets
+from cli_runner import stylecli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=600)
+    return stylecli(*args, env={"COLUMNS": "200"})
 
 
 @pytest.fixture(scope="module")

@@ -12,13 +12,13 @@ import torch
 from stylecli.methods.samm.model import SAMM, SAMMBlock, fuse, gather_mask, warp
 from stylecli.methods.samm.train import build_samm, default_scales, mask_loss, parse_scales
 from stylecli.packs import Pack
+from cli_runner import stylecli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True,
-                          env={**os.environ, "COLUMNS": "200"}, timeout=600)
+    return stylecli(*args, env={"COLUMNS": "200"})
 
 
 def test_fuse_is_the_papers_update_and_keeps_zeros():

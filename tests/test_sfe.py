@@ -12,6 +12,7 @@ from stylecli.methods.sfe.model import FeatureEditor, Inverter, InverterConfig
 from stylecli.methods.sfe.spec import SFETrainingConfig
 from stylecli.methods.sfe.train import SFETrainer, inverter_config_for, sfe_from_run
 from stylecli.packs import Pack, write_pack
+from cli_runner import stylecli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
 TINY = dict(stem=8, widths=[8, 8, 16, 16], units=[1, 1, 1, 1], pool=2)
@@ -291,23 +292,20 @@ def test_official_checkpoints_import_with_every_tensor_in_place(tmp_path):
 
 def test_weights_convert_adds_official_sfe_files_to_an_existing_pack_only(tmp_path):
     import shutil
-    import subprocess
-    import sys
 
     torch.save({"state_dict": official_layout_state(), "latent_avg": torch.randn(16)}, tmp_path / "inv.pt")
     shutil.copytree(SHIPPED, tmp_path / "pack")
-    run = lambda *a: subprocess.run([sys.executable, "-m", "stylecli", *a], capture_output=True, text=True)
-    added = run("weights", "convert", str(tmp_path / "inv.pt"), str(tmp_path / "pack"))
+    added = stylecli("weights", "convert", str(tmp_path / "inv.pt"), str(tmp_path / "pack"))
     assert added.returncode == 0, added.stderr
     assert Pack.open(tmp_path / "pack").has(INVERTER)
     editor_sd = {"encoder." + k[len("fuser."):]: v for k, v in official_layout_state(prefix="").items()
                  if k.startswith("fuser.")}
     torch.save({"state_dict": editor_sd}, tmp_path / "ed.pt")
-    assert run("weights", "convert", str(tmp_path / "ed.pt"), str(tmp_path / "pack")).returncode == 0
-    refused = run("weights", "convert", str(tmp_path / "inv.pt"), str(tmp_path / "new"))
+    assert stylecli("weights", "convert", str(tmp_path / "ed.pt"), str(tmp_path / "pack")).returncode == 0
+    refused = stylecli("weights", "convert", str(tmp_path / "inv.pt"), str(tmp_path / "new"))
     assert refused.returncode == 2 and "no generator" in refused.stderr and len(refused.stderr.splitlines()) == 1
     assert not (tmp_path / "new").exists()
     # Made for the 1024 px generator (F_k at 64 px): on the 64 px pack the method says so in one line.
-    wrong = run("invert", str(SHIPPED.parent.parent / "examples" / "face.png"), "--model", str(tmp_path / "pack"),
+    wrong = stylecli("invert", str(SHIPPED.parent.parent / "examples" / "face.png"), "--model", str(tmp_path / "pack"),
                 "--method", "sfe", "-o", str(tmp_path / "out"))
     assert wrong.returncode == 2 and "made for another generator" in wrong.stderr, wrong.stderr

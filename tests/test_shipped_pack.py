@@ -1,7 +1,5 @@
 """The embedded synthface-64 pack as a fresh clone meets it: sound files, generation, and the README's main job."""
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +10,13 @@ from PIL import Image
 from stylecli.imageio import image_to_tensor
 from stylecli.losses import LossNetworks
 from stylecli.packs import Pack
+from cli_runner import stylecli
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "stylecli", *args], capture_output=True, text=True, timeout=600,
-                          cwd=REPO)
+    return stylecli(*args, cwd=REPO)
 
 
 @pytest.fixture(scope="module")

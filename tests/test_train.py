@@ -12,6 +12,7 @@ import torch
 
 from stylecli.train import checkpoint as ckpt_mod
 from stylecli.train.generator import GeneratorTrainer, GeneratorTrainingConfig
+from cli_runner import stylecli
 
 
 def tiny(run_dir, **kw):
@@ -158,16 +159,14 @@ def test_domainnet_trains_resumes_and_runs_join_a_pack_that_the_quality_bench_re
     assert [r["step"] for r in records] == [1, 2, 3] and all(r["identity"] > 0 for r in records)
     GeneratorTrainer(tiny(tmp_path / "g", resolution=32, kimg=0.004)).run()
     pack = tmp_path / "packs" / "minipack"
-    out = subprocess.run([sys.executable, "-m", "stylecli", "weights", "from-runs", str(pack), str(tmp_path / "g"),
-                          str(tmp_path / "dn")], capture_output=True, text=True)
+    out = stylecli("weights", "from-runs", pack, tmp_path / "g", tmp_path / "dn")
     assert out.returncode == 0, out.stderr
     manifest = json.loads((pack / "manifest.json").read_text())
     assert set(manifest["networks"]) == {"generator", "discriminator", "domainnet"}
     assert manifest["provenance"]["generator"]["kimg"] == 0.004
     assert manifest["provenance"]["domainnet"]["steps"] == 3
     assert manifest["provenance"]["domainnet"]["evaluation"]["images"] == 300  # evaluate_domainnet's figures
-    bench = subprocess.run([sys.executable, "-m", "stylecli", "bench", "generator", "--model", str(pack), "--quality",
-                            "--count", "20", "--floor", "--json"], capture_output=True, text=True)
+    bench = stylecli("bench", "generator", "--model", pack, "--quality", "--count", "20", "--floor", "--json")
     assert bench.returncode == 0, bench.stderr
     result = json.loads(bench.stdout[bench.stdout.index("{"):])
     assert result["fid"] > 0 and 0 <= result["precision"] <= 1 and set(result["attributes"]) >= {"smile", "glasses"}
