@@ -113,6 +113,16 @@ def tiny_config(tmp_path, **changes):
     return SFETrainingConfig(**{**base, **changes})
 
 
+def test_widths_choose_the_backbone_of_a_new_inverter(tmp_path):
+    rest = {k: v for k, v in TINY.items() if k != "widths"}
+    trainer = SFETrainer(tiny_config(tmp_path, widths="8,8,12,16", feature_size=32, inverter_config=rest))
+    assert list(trainer.inverter.cfg.widths) == [8, 8, 12, 16] and trainer.inverter.cfg.feature_size == 32
+    assert trainer.inverter.fs_backbone.content_layer[0].num_features == 12  # it reads the third stage
+    for bad in ("8,8,12", "8,x,12,16", "8,8,0,16"):
+        with pytest.raises(ValueError, match="--widths"):
+            SFETrainer(tiny_config(tmp_path / bad.replace(",", "_"), widths=bad, inverter_config=rest))
+
+
 def test_phase_one_trains_resumes_exactly_and_exports_an_inverting_pack(tmp_path):
     cfg = tiny_config(tmp_path, steps=3)
     trainer = SFETrainer(cfg)

@@ -59,6 +59,19 @@ def inverter_config_for(G, feature_size: int, overrides: dict | None = None) -> 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in cfg.items()}
 
 
+def parse_widths(text: str) -> dict:
+    """--widths: 'auto' (InverterConfig's) or four comma-separated channel counts -> InverterConfig overrides."""
+    if text == "auto":
+        return {}
+    try:
+        widths = [int(v) for v in text.split(",")]
+    except ValueError:
+        widths = []
+    if len(widths) != 4 or min(widths) < 1:
+        raise ValueError(f"--widths {text!r}: expected four channel counts like 32,48,64,128, or 'auto'")
+    return {"widths": widths}
+
+
 def image_losses(losses: LossNetworks, y: torch.Tensor, x: torch.Tensor, cfg: SFETrainingConfig) -> dict:
     """L2, perceptual and identity (1 - cosine) between y and x, each a scalar."""
     return {"l2": F.mse_loss(y, x), "perceptual": losses.perceptual(y, x).mean(),
@@ -91,7 +104,8 @@ class SFETrainer(StepTrainer):
                 self.inverter = self.inverter.with_detail_shortcut()
         else:
             self.inverter = Inverter(**inverter_config_for(self.G, cfg.feature_size, {
-                "on_e4e": True, "detail_shortcut": cfg.detail_shortcut, **cfg.inverter_config}))
+                "on_e4e": True, "detail_shortcut": cfg.detail_shortcut, **parse_widths(cfg.widths),
+                **cfg.inverter_config}))
             self.inverter.fuser.start_as(0.0, 1.0)  # F_k = F_w at the start
             with torch.no_grad():
                 self.inverter.latent_avg.copy_(self.G.w_avg.expand(self.G.num_ws, -1))
@@ -263,7 +277,7 @@ class SFETrainer(StepTrainer):
 
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
 _FIXED_ON_RESUME = ("phase", "model", "data", "inverter", "init", "batch", "lr", "feature_size", "max_strength",
-                    "detail_shortcut", "inverter_config", "editor_blocks", "seed")
+                    "detail_shortcut", "inverter_config", "editor_blocks", "seed", "widths")
 
 
 def _trained(source: str, network: str):
