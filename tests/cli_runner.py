@@ -14,21 +14,7 @@ import os
 import subprocess
 import sys
 import traceback
-
-
-@contextlib.contextmanager
-def _environment(env: dict | None):
-    """os.environ with `env` added, restored afterwards (the console reads COLUMNS at each print)."""
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update({k: str(v) for k, v in (env or {}).items()})
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+from unittest import mock
 
 
 def stylecli(*args, cwd=None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -40,7 +26,10 @@ def stylecli(*args, cwd=None, env: dict | None = None) -> subprocess.CompletedPr
     out, err = io.StringIO(), io.StringIO()
     sys.argv = ["stylecli", *map(str, args)]
     try:
-        with _environment(env), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        # env added to os.environ (the console reads COLUMNS at each print), and the whole environment restored
+        # afterwards, as a child process could not change its parent's
+        with mock.patch.dict(os.environ, {k: str(v) for k, v in (env or {}).items()}), \
+                contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             if cwd is not None:
                 os.chdir(cwd)
             try:

@@ -21,7 +21,7 @@ from stylecli.imageio import READABLE_SUFFIXES, ImageError, list_images, load_im
 from stylecli.latents import SUFFIX, LatentError, LatentSpec, load_latent, save_latent
 from stylecli.methods.base import Inversion
 from stylecli.pipeline import edit_files, invert_files, output_stems, parse_strengths
-from cli_runner import stylecli
+from cli_runner import stylecli as run
 
 
 class TinyMethod:
@@ -49,10 +49,6 @@ class TinyMethod:
 def face(path, colour=(120, 80, 60), size=8):
     Image.new("RGB", (size, size), colour).save(path)
     return path
-
-
-def run(*args, cwd=None):
-    return stylecli(*args, cwd=cwd)
 
 
 def one_line_error(out, code=2):

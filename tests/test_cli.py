@@ -9,11 +9,7 @@ import pytest
 from PIL import Image
 
 from checkpoint_fixtures import random_networks, write_rosinality_pt
-from cli_runner import stylecli
-
-
-def run(*args, cwd=None, env=None):
-    return stylecli(*args, cwd=cwd, env=env)
+from cli_runner import stylecli as run
 
 
 @pytest.mark.parametrize("command", [[], ["generate"], ["invert"], ["edit"], ["blend"], ["train"],

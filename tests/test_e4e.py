@@ -10,13 +10,9 @@ from PIL import Image
 from stylecli.methods.e4e.encoder import Encoder4Editing, EncoderConfig
 from stylecli.methods.e4e.train import E4ETrainer, E4ETrainingConfig
 from tiny_runs import train_tiny_runs
-from cli_runner import stylecli
+from cli_runner import stylecli as cli
 
 TINY_ENCODER = dict(widths=[8, 8, 16, 16], units=[1, 1, 1, 1], stem=8)
-
-
-def cli(*args):
-    return stylecli(*args)
 
 
 @pytest.fixture(scope="module")

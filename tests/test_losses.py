@@ -10,13 +10,9 @@ from stylecli.core.networks import Generator
 from stylecli.irse import ArcFace
 from stylecli.losses import AlexNetFeatures, LossNetworks
 from stylecli.packs import Pack, PackError, write_pack
-from cli_runner import stylecli
+from cli_runner import stylecli as cli
 
 SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "synthface-64"
-
-
-def cli(*args):
-    return stylecli(*args)
 
 
 def torchvision_alexnet_state(seed=0):

@@ -317,5 +317,5 @@ def test_weights_convert_adds_official_sfe_files_to_an_existing_pack_only(tmp_pa
     assert not (tmp_path / "new").exists()
     # Made for the 1024 px generator (F_k at 64 px): on the 64 px pack the method says so in one line.
     wrong = stylecli("invert", str(SHIPPED.parent.parent / "examples" / "face.png"), "--model", str(tmp_path / "pack"),
-                "--method", "sfe", "-o", str(tmp_path / "out"))
+                     "--method", "sfe", "-o", str(tmp_path / "out"))
     assert wrong.returncode == 2 and "made for another generator" in wrong.stderr, wrong.stderr
