@@ -123,6 +123,28 @@ def test_widths_choose_the_backbone_of_a_new_inverter(tmp_path):
             SFETrainer(tiny_config(tmp_path / bad.replace(",", "_"), widths=bad, inverter_config=rest))
 
 
+def test_a_loaded_inverter_keeps_its_shape_and_the_record_says_it(tmp_path):
+    rest = {k: v for k, v in TINY.items() if k != "widths"}
+    SFETrainer(tiny_config(tmp_path, steps=1, widths="8,8,12,16", feature_size=32, inverter_config=rest)).run()
+    run = str(tmp_path / "run")
+    editor = tiny_config(tmp_path, run_dir=str(tmp_path / "editor"), phase="editor", inverter=run, steps=1)
+    for options in (dict(phase="editor", inverter=run), dict(init=run)):
+        for wrong, said in ((dict(feature_size=16), "--feature-size 16 (it has 32)"),
+                            (dict(widths="8,8,16,16"), "--widths 8,8,16,16 (it has 8,8,12,16)")):
+            with pytest.raises(ValueError, match=rf"{options.get('init') and '--init' or '--inverter'} .* "
+                                                 rf"{said.replace('(', '[(]').replace(')', '[)]')}"):
+                SFETrainer(tiny_config(tmp_path, run_dir=str(tmp_path / "x"), **options, **wrong))
+    trainer = SFETrainer(editor)  # options left out: the inverter's own, written into the record
+    assert (trainer.cfg.feature_size, trainer.cfg.widths) == (32, "8,8,12,16")
+    trainer.run()
+    record = sfe_from_run(tmp_path / "editor")[1]
+    assert record["config"]["feature_size"] == 32 and record["config"]["widths"] == "8,8,12,16"
+    # A resume takes the run's shape without repeating it; asking for another is the same error.
+    assert SFETrainer(dataclasses.replace(editor, steps=2), resume=True).cfg.feature_size == 32
+    with pytest.raises(ValueError, match="its own shape: --feature-size 16"):
+        SFETrainer(dataclasses.replace(editor, feature_size=16), resume=True)
+
+
 def test_phase_one_trains_resumes_exactly_and_exports_an_inverting_pack(tmp_path):
     cfg = tiny_config(tmp_path, steps=3)
     trainer = SFETrainer(cfg)

@@ -24,10 +24,12 @@ class SFETrainingConfig:
     batch: int = setting(8, "Total batch size over all processes.", min=1)
     steps: int = setting(2000, "Optimisation steps.", min=1)
     lr: float = setting(2e-4, "Ranger learning rate of the inverter or the editor (the paper's).", min=0)
-    feature_size: int = setting(16, "Phase 1 from scratch: the generator resolution whose second conv F_k replaces "
-                                    "(16 or 32 at 64 px; the official 64 at 1024 px).", min=4)
+    feature_size: int | None = setting(None, "Phase 1 from scratch: the generator resolution whose second conv F_k "
+                                             "replaces (16 or 32 at 64 px; the official 64 at 1024 px; default 16). "
+                                             "A loaded inverter (--init, phase 2, --resume) has its own.", min=4)
     widths: str = setting("auto", "Phase 1 from scratch: channels of the backbone's four stages, comma-separated "
-                                  "(auto: 32,48,96,128; the F_k-at-32-px inverter uses 32,48,64,128, docs/sfe.md).")
+                                  "(auto: 32,48,96,128; the F_k-at-32-px inverter uses 32,48,64,128, docs/sfe.md). "
+                                  "A loaded inverter has its own.")
     max_strength: float = setting(3.0, "Phase 2: edit strengths are drawn uniformly from +-this.", min=0)
     detail_shortcut: bool = setting(False, "Phase 1: give the inverter the residual of e4e's inversion at full "
                                            "resolution, folded to F_k's size (docs/sfe.md); with --init it is "

@@ -17,7 +17,7 @@ streams, the image stream's position); under torchrun each process takes batch /
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -39,6 +39,9 @@ from .model import FeatureEditor, Inverter, InverterConfig
 from .spec import SFETrainingConfig
 
 PHASES = ("inverter", "editor")
+
+
+DEFAULT_FEATURE_SIZE = 16  # a new inverter's F_k without --feature-size (the 16 px layer of docs/sfe.md)
 
 
 def inverter_config_for(G, feature_size: int, overrides: dict | None = None) -> dict:
@@ -72,6 +75,21 @@ def parse_widths(text: str) -> dict:
     return {"widths": widths}
 
 
+def with_inverter_shape(cfg: SFETrainingConfig, inverter: InverterConfig, source: str) -> SFETrainingConfig:
+    """cfg with the feature size and widths of the inverter the run trains or uses, so that its record says what ran.
+    A loaded inverter (--init, phase 2, --resume) has its own: --feature-size or --widths that ask for another are an
+    error (they would otherwise be ignored without a word)."""
+    widths = list(inverter.widths)
+    asked = []
+    if cfg.feature_size is not None and cfg.feature_size != inverter.feature_size:
+        asked.append(f"--feature-size {cfg.feature_size} (it has {inverter.feature_size})")
+    if cfg.widths != "auto" and parse_widths(cfg.widths)["widths"] != widths:
+        asked.append(f"--widths {cfg.widths} (it has {','.join(map(str, widths))})")
+    if asked:
+        raise ValueError(f"{source} has its own shape: {'; '.join(asked)}; leave these options out")
+    return replace(cfg, feature_size=inverter.feature_size, widths=",".join(map(str, widths)))
+
+
 def image_losses(losses: LossNetworks, y: torch.Tensor, x: torch.Tensor, cfg: SFETrainingConfig) -> dict:
     """L2, perceptual and identity (1 - cosine) between y and x, each a scalar."""
     return {"l2": F.mse_loss(y, x), "perceptual": losses.perceptual(y, x).mean(),
@@ -95,20 +113,22 @@ class SFETrainer(StepTrainer):
         state = load_checkpoint(self.run_dir) if resume else None
         if state is not None:
             check_resume(self.run_dir, state["config"], asdict(cfg), _FIXED_ON_RESUME)
-            self.inverter = Inverter(**state["inverter_config"])
+            self.inverter, source = Inverter(**state["inverter_config"]), f"the run {self.run_dir}'s inverter"
         elif cfg.phase == "editor":
-            self.inverter = _trained(cfg.inverter or cfg.model, INVERTER)
+            source = cfg.inverter or cfg.model
+            self.inverter, source = _trained(source, INVERTER), f"--inverter {source}"
         elif cfg.init is not None:
-            self.inverter = _trained(cfg.init, INVERTER)
+            self.inverter, source = _trained(cfg.init, INVERTER), f"--init {cfg.init}"
             if cfg.detail_shortcut and not self.inverter.cfg.detail_shortcut:
                 self.inverter = self.inverter.with_detail_shortcut()
         else:
-            self.inverter = Inverter(**inverter_config_for(self.G, cfg.feature_size, {
+            self.inverter, source = Inverter(**inverter_config_for(self.G, cfg.feature_size or DEFAULT_FEATURE_SIZE, {
                 "on_e4e": True, "detail_shortcut": cfg.detail_shortcut, **parse_widths(cfg.widths),
-                **cfg.inverter_config}))
+                **cfg.inverter_config})), "the new inverter"
             self.inverter.fuser.start_as(0.0, 1.0)  # F_k = F_w at the start
             with torch.no_grad():
                 self.inverter.latent_avg.copy_(self.G.w_avg.expand(self.G.num_ws, -1))
+        self.cfg = cfg = with_inverter_shape(cfg, self.inverter.cfg, source)
         self.layer = feature_layer(self.inverter)
         icfg = self.inverter.cfg
         if (icfg.num_ws, icfg.w_dim) != (self.G.num_ws, self.G.w_dim) or self.G.synthesis.feature_shape(
@@ -276,8 +296,9 @@ class SFETrainer(StepTrainer):
 
 
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
-_FIXED_ON_RESUME = ("phase", "model", "data", "inverter", "init", "batch", "lr", "feature_size", "max_strength",
-                    "detail_shortcut", "inverter_config", "editor_blocks", "seed", "widths")
+# --feature-size and --widths are checked against the run's inverter instead (`with_inverter_shape`).
+_FIXED_ON_RESUME = ("phase", "model", "data", "inverter", "init", "batch", "lr", "max_strength", "detail_shortcut",
+                    "inverter_config", "editor_blocks", "seed")
 
 
 def _trained(source: str, network: str):
