@@ -205,7 +205,15 @@ def save_image(img: Image.Image, path: str | os.PathLike, protected: ProtectedPa
 # Files that belong to an image beside them rather than being faces: ground-truth masks (`stylecli data ood` writes
 # NAME_mask.png) and what invert/edit/blend write next to a result (NAME.mask.png, NAME_overlay.png,
 # NAME_compare.png), so that a folder of a data set or of earlier results can be given again as input.
-SIDECAR_ENDINGS = ("_mask", ".mask", "_overlay", "_compare")
+DATA_MASK_ENDING = "_mask"
+RESULT_ENDINGS = {"mask": ".mask", "overlay": "_overlay", "compare": "_compare"}
+SIDECAR_ENDINGS = (DATA_MASK_ENDING, *RESULT_ENDINGS.values())
+
+
+def sidecar_path(out: Path, stem: str, kind: str) -> Path:
+    """OUT/STEM.mask.png, OUT/STEM_overlay.png or OUT/STEM_compare.png (`kind` mask, overlay or compare): what
+    invert, edit and blend write beside OUT/STEM.png."""
+    return out / f"{stem}{RESULT_ENDINGS[kind]}.png"
 
 
 def is_sidecar(path: Path, images: set[Path]) -> bool:

@@ -25,7 +25,8 @@ import torch
 from PIL import Image
 
 from .fileio import OutputError, printable, write_files
-from .imageio import ImageError, ProtectedPaths, encode_image, image_to_tensor, load_image, make_grid, tensor_to_images
+from .imageio import (ImageError, ProtectedPaths, encode_image, image_to_tensor, load_image, make_grid, sidecar_path,
+                      tensor_to_images)
 from .latents import SUFFIX, LatentError, LatentSpec, latent_bytes, load_latent
 from .methods.base import Inversion
 
@@ -337,9 +338,9 @@ def invert_files(method, pack_name: str, files: list[Path], out: Path, compare: 
     def outputs_of(stem: str) -> dict[str, Path]:
         outputs = {"image": out / f"{stem}.png", "latent": out / f"{stem}{SUFFIX}"}
         if masks:
-            outputs["mask"] = out / f"{stem}.mask.png"
+            outputs["mask"] = sidecar_path(out, stem, "mask")
         if compare:
-            outputs["compare"] = out / f"{stem}_compare.png"
+            outputs["compare"] = sidecar_path(out, stem, "compare")
         return outputs
 
     # A photo whose picture exists was written whole (its faces' latent files with it): --overwrite redoes it.
@@ -486,10 +487,10 @@ def blend_files(method, base, pack_name: str, files: list[Path], out: Path,
     from .edits import combine  # W+ vectors summed as before; learned edits chained in order
     total = combine([(vector, s) for _, vector, s in edits]) if edits else None
     def outputs_of(stem: str) -> dict[str, Path]:
-        outputs = {"image": out / f"{stem}{label}.png", "mask": out / f"{stem}{label}.mask.png",
-                   "overlay": out / f"{stem}{label}_overlay.png"}
+        outputs = {"image": out / f"{stem}{label}.png", "mask": sidecar_path(out, stem + label, "mask"),
+                   "overlay": sidecar_path(out, stem + label, "overlay")}
         if compare:
-            outputs["compare"] = out / f"{stem}{label}_compare.png"
+            outputs["compare"] = sidecar_path(out, stem + label, "compare")
         return outputs
 
     protected = ProtectedPaths(files) if aligner is not None else None  # for outputs named after faces

@@ -28,8 +28,8 @@ def synth_command(
 
     Example: stylecli data synth --set ood --count 200 --out data/ood
     """
-    from ..data.sets import LABELS_FILE, MASK_SUFFIX, SET_SEEDS, make_sample, sample_name
-    from ..imageio import save_image
+    from ..data.sets import LABELS_FILE, SET_SEEDS, make_sample, sample_name
+    from ..imageio import DATA_MASK_ENDING, save_image
 
     if set_name == "scenes":
         return _write_scenes(count, out, start)
@@ -43,7 +43,7 @@ def synth_command(
             name = sample_name(index)
             save_image(sample.image, out / f"{name}.png")
             if sample.mask is not None:
-                save_image(sample.mask, out / f"{name}{MASK_SUFFIX}.png")
+                save_image(sample.mask, out / f"{name}{DATA_MASK_ENDING}.png")
             labels.write(json.dumps({"file": f"{name}.png", **sample.label}) + "\n")
             advance()
     console.print(f"wrote {count} {set_name} images and {labels_path}")

@@ -42,7 +42,8 @@ def diffuse(
     import torch
 
     from ..fileio import write_files, writable_folder
-    from ..imageio import ProtectedPaths, encode_image, image_to_tensor, load_image, make_grid, tensor_to_images
+    from ..imageio import (ProtectedPaths, encode_image, image_to_tensor, load_image, make_grid, sidecar_path,
+                           tensor_to_images)
     from ..latents import SUFFIX, latent_bytes
     from ..methods import get_method
     from ..methods.idinvert.diffusion import centre_box, diffuse as diffuse_images
@@ -59,7 +60,7 @@ def diffuse(
     stem = f"{target.stem}_in_{context.stem}"
     outputs = {"image": out / f"{stem}.png", "latent": out / f"{stem}{SUFFIX}"}
     if compare:
-        outputs["compare"] = out / f"{stem}_compare.png"
+        outputs["compare"] = sidecar_path(out, stem, "compare")
     protected = ProtectedPaths([target, context])
     for path in outputs.values():
         protected.check(path)  # an output never replaces an input (a one-line ImageError)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from ..imageio import READABLE_SUFFIXES, ImageError, is_sidecar, load_image
+from ..imageio import DATA_MASK_ENDING, READABLE_SUFFIXES, ImageError, is_sidecar, load_image
 from .render import SUPERSAMPLE, FaceParams, finish, render, render_background, render_face_layer, sample_params
 
 SET_SEEDS = {"train": 0, "indomain": 1_000_000_000, "detail": 1_100_000_000, "ood": 1_200_000_000,
@@ -40,7 +40,6 @@ OOD_KINDS = ("sticker", "occluder", "microphone", "scribble", "texture_backgroun
 # is "not a face of this domain", not the six kinds it is evaluated on.
 TRAINING_OOD_KINDS = OOD_KINDS + ("blob", "bar", "patch")
 LABELS_FILE = "labels.jsonl"
-MASK_SUFFIX = "_mask"
 
 
 @dataclass
@@ -137,7 +136,7 @@ def find_images(folder: Path) -> list[Path]:
 
 def _mask_of(image: Path) -> Path | None:
     for suffix in READABLE_SUFFIXES:
-        candidate = image.with_name(image.stem + MASK_SUFFIX + suffix)
+        candidate = image.with_name(image.stem + DATA_MASK_ENDING + suffix)
         if candidate.is_file():
             return candidate
     return None
