@@ -217,6 +217,13 @@ def test_the_mask_target_marks_missed_pixels_and_teaches_every_scale():
                                + bce(torch.full((1, 1, 4, 4), 0.5), coarse_target))
     flipped = Pass(image=x, generated=generated, mask=1 - good.mask, alphas=good.alphas)
     assert target_loss(flipped, target) > target_loss(good, target) + 4  # -ln(0.01) + ln(0.99) per pixel
+    # --scale-target max: a cell with any missed pixel is a 1 for the coarse alpha (a lone pixel: 1/4 by area)
+    lone = torch.zeros(1, 1, 8, 8)
+    lone[..., 5, 2] = 1
+    covering = Pass(image=x, generated=generated, mask=lone.clamp(0.01, 0.99),
+                    alphas={4: torch.nn.functional.max_pool2d(lone, 2).clamp(0.01, 0.99)})
+    assert target_loss(covering, lone, "max") < target_loss(covering, lone, "area") - 0.1
+    torch.testing.assert_close(target_loss(covering, lone, "max"), 2 * bce(lone.clamp(0.01, 0.99), lone))
 
 
 def test_edited_passes_learn_the_unedited_mask(tmp_path, pack, monkeypatch):
@@ -238,7 +245,8 @@ def test_edited_passes_learn_the_unedited_mask(tmp_path, pack, monkeypatch):
     for bad, message in ((dict(edit_share=0.5, target_weight=0.0), "needs --target-weight"),
                          (dict(edit_share=1.5, target_weight=1.0), "at most 1"),
                          (dict(flow_scales="24", target_weight=1.0), "--flow-scales '24'"),
-                         (dict(flow_scales="16,x", target_weight=1.0), "--flow-scales '16,x': expected resolutions")):
+                         (dict(flow_scales="16,x", target_weight=1.0), "--flow-scales '16,x': expected resolutions"),
+                         (dict(scale_target="min", target_weight=1.0), "--scale-target 'min': choose area or max")):
         with pytest.raises(ValueError, match=message):
             samm_train.SAMMTrainer(_config(tmp_path / "bad", **bad))
 

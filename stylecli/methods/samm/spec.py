@@ -58,6 +58,9 @@ class SAMMTrainingConfig:
                                    min=0)
     target_threshold: float = 0.04     # squared error in [-1, 1] units, mean over channels, that marks a missed pixel
     target_cleanup: int = 3            # k of the morphological closing then opening of the target (1: none)
+    scale_target: str = setting("area", "What each scale's alpha learns of the target: 'area' (the target's share of "
+                                        "each cell) or 'max' (1 where any pixel of the cell is missed: coarse scales "
+                                        "cover, finer ones carve the edges, as Algorithm 2's product gathers them).")
     # Edit invariance: a share of each batch is synthesised again with a random pack direction at a random strength
     # (+-edit_strength) and that pass's mask pulled towards the same target: the mask belongs to the input, not to
     # the edit, so `edit --method samm` keeps what is out of the domain without masking the edited face.

@@ -149,14 +149,20 @@ def missed_pixels(x: torch.Tensor, generated: torch.Tensor, threshold: float, cl
     return missed
 
 
-def target_loss(result, target: torch.Tensor) -> torch.Tensor:
+SCALE_TARGETS = {"area": F.adaptive_avg_pool2d, "max": F.adaptive_max_pool2d}
+
+
+def target_loss(result, target: torch.Tensor, scale_target: str = "area") -> torch.Tensor:
     """Binary cross-entropy of a pass's gathered mask against the 0/1 target [N, 1, H, W], plus that of each
-    scale's alpha against the target's share of each of its cells (the area-averaged target): every scale learns
-    the target directly, not only through the multiplicative fusion of Algorithm 2."""
+    scale's alpha against the target pooled to its size: every scale learns the target directly, not only through
+    the multiplicative fusion of Algorithm 2. `scale_target` "area": the target's share of each cell (a thin scribble
+    is a faint cell at 16 px, and the product over scales keeps it faint); "max": 1 where any pixel of the cell is
+    missed, so a coarse alpha covers whatever a finer one may keep, and the finest alpha draws the edge."""
     bce = lambda m, t: F.binary_cross_entropy(m.clamp(1e-4, 1 - 1e-4), t)
+    pool = SCALE_TARGETS[scale_target]
     loss = bce(result.mask, target)
     for alpha in result.alphas.values():
-        loss = loss + bce(alpha, F.adaptive_avg_pool2d(target, alpha.shape[-2:]))
+        loss = loss + bce(alpha, pool(target, alpha.shape[-2:]))
     return loss
 
 
@@ -168,6 +174,8 @@ class SAMMTrainer(StepTrainer):
         if cfg.ood_share + cfg.geometric_share > 1:
             raise ValueError("--ood-share and --geometric-share add up to more than 1")
         self.area_caps = parse_area_caps(cfg.area_caps)
+        if cfg.scale_target not in SCALE_TARGETS:
+            raise ValueError(f"--scale-target {cfg.scale_target!r}: choose {' or '.join(SCALE_TARGETS)}")
         if cfg.edit_share > 1:
             raise ValueError("--edit-share is a share of the batch: at most 1")
         if cfg.edit_share > 0 and cfg.target_weight <= 0:
@@ -279,10 +287,11 @@ class SAMMTrainer(StepTrainer):
         loss_target = loss_edit = torch.zeros((), device=dev)
         if cfg.target_weight > 0:
             target = missed_pixels(x, result.generated.detach(), cfg.target_threshold, cfg.target_cleanup)
-            loss_target = target_loss(result, target)
+            loss_target = target_loss(result, target, cfg.scale_target)
             edited = edited_count(cfg.edit_share, len(x), self.step)
             if edited > 0:
-                loss_edit = target_loss(self.edited_pass(x[:edited], codes[:edited], taps, active), target[:edited])
+                loss_edit = target_loss(self.edited_pass(x[:edited], codes[:edited], taps, active), target[:edited],
+                                        cfg.scale_target)
         loss = (cfg.mse_weight * loss_mse + cfg.perceptual_weight * loss_p + cfg.style_weight * loss_style
                 + cfg.id_weight * loss_id + cfg.adv_weight * loss_adv + cfg.mask_weight * loss_mask
                 + cfg.target_weight * (loss_target + loss_edit))
@@ -328,7 +337,7 @@ class SAMMTrainer(StepTrainer):
 
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
 _FIXED_ON_RESUME = ("model", "data", "ood_share", "geometric_share", "batch", "scales", "lr", "seed", "progressive",
-                    "target_weight", "target_threshold", "target_cleanup", "edit_share", "flow_scales",
+                    "target_weight", "target_threshold", "target_cleanup", "scale_target", "edit_share", "flow_scales",
                     "perceptual_on", "mse_weight")
 
 
