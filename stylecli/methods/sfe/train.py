@@ -115,8 +115,8 @@ class SFETrainer(StepTrainer):
             check_resume(self.run_dir, state["config"], asdict(cfg), _FIXED_ON_RESUME)
             self.inverter, source = Inverter(**state["inverter_config"]), f"the run {self.run_dir}'s inverter"
         elif cfg.phase == "editor":
-            source = cfg.inverter or cfg.model
-            self.inverter, source = _trained(source, INVERTER), f"--inverter {source}"
+            self.inverter = _trained(cfg.inverter or cfg.model, INVERTER)
+            source = f"--inverter {cfg.inverter}" if cfg.inverter else f"the inverter of --model {cfg.model}"
         elif cfg.init is not None:
             self.inverter, source = _trained(cfg.init, INVERTER), f"--init {cfg.init}"
             if cfg.detail_shortcut and not self.inverter.cfg.detail_shortcut:
