@@ -19,8 +19,8 @@ $(BIN)/stylecli: pyproject.toml
 venv: $(BIN)/stylecli
 
 demo: venv
-	$(BIN)/stylecli edit examples/face.png --direction smile --strength 2 --method e4e -o out/demo
-	@echo "wrote out/demo/ (examples/face.png made to smile by e4e on the embedded synthface-64 pack)"
+	$(BIN)/stylecli edit examples/face.png --direction smile --strength 2 --method sfe -o out/demo
+	@echo "wrote out/demo/ (examples/face.png made to smile by sfe on the embedded synthface-64 pack)"
 
 # The fast tier (minutes): everything but the tests marked slow, one worker process per core (TEST_WORKERS=0: one
 # process), each on one thread (two workers of two threads each would fight over a 2-core CPU).

@@ -86,18 +86,12 @@ def output_stems(sources: list[Path]) -> list[str]:
     return stems
 
 
-def _row(inversion: Inversion, i: int) -> Inversion:
-    return Inversion(latents={k: v[i:i + 1] for k, v in inversion.latents.items()},
-                     image=None if inversion.image is None else inversion.image[i:i + 1],
-                     extras={k: v[i:i + 1] for k, v in inversion.extras.items()})
-
-
 def _invert_each(method, x: torch.Tensor) -> list[Inversion | Exception]:
     """Per image: its inversion, or the exception. A batch that fails is retried image by image, so that one input
     the method cannot take fails alone."""
     try:
         inversion = method.invert(x)
-        return [_row(inversion, i) for i in range(len(x))]
+        return [inversion.row(i) for i in range(len(x))]
     except Exception as exc:
         if len(x) == 1:
             return [exc]

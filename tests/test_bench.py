@@ -33,7 +33,7 @@ class Blur:
     resolution, device = RESOLUTION, "cpu"
 
     def invert(self, x):
-        return SimpleNamespace(image=F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
+        return Inversion(latents={}, image=F.avg_pool2d(x, 3, 1, 1, count_include_pad=False))
 
     def edit(self, inversion, vector, strength):
         return (inversion.image + 0.05 * strength).clamp(-1, 1)
@@ -61,7 +61,8 @@ def ood_folder(tmp_path_factory):
 
 
 def comparable(row):
-    return {k: v for k, v in row.items() if k not in ("set", "seconds_per_image", "peak_rss_bytes")}
+    return {k: v for k, v in row.items() if k not in ("set", "seconds_per_image", "peak_rss_bytes",
+                                                       "edit_seconds_per_image")}
 
 
 def test_a_data_synth_folder_scores_as_its_rendered_set(ood_folder):
@@ -277,7 +278,7 @@ class RendererEdit:
         self.labels, self.spill = labels, spill
 
     def invert(self, x):
-        return SimpleNamespace(image=x.clone())
+        return Inversion(latents={}, image=x.clone())
 
     def edit(self, inversion, vector, strength):
         from stylecli.data.render import ATTRIBUTES
@@ -315,13 +316,17 @@ def test_edit_locality_is_measured_outside_the_renderers_own_edit_region():
     assert changed.any() and not (changed & ~moved_regions).any()
 
     directions = {"smile": SimpleNamespace(vector=None, info={"attribute": "smile"})}
-    local, = evaluate_editing(RendererEdit(list(data.labels)), domain_losses(), directions, 3, strength=2.0)
+    # (not timed: the stand-in's edits consume its labels)
+    local, = evaluate_editing(RendererEdit(list(data.labels)), domain_losses(), directions, 3, strength=2.0,
+                              timing_calls=0)
     spilled, = evaluate_editing(RendererEdit(list(data.labels), spill=0.1), domain_losses(), directions, 3,
-                                strength=2.0)
+                                strength=2.0, timing_calls=0)
+    assert "edit_seconds_per_image" not in local
     assert local["psnr_outside_edit"] > 60  # nothing changed outside: at the PSNR floor of 1e-10
     assert spilled["psnr_outside_edit"] == pytest.approx(psnr_of((1, 0.1)), abs=0.5)  # clipping aside
-    blur_edit, = evaluate_editing(Blur(), domain_losses(), directions, 3, strength=2.0)
+    blur_edit, = evaluate_editing(Blur(), domain_losses(), directions, 3, strength=2.0, timing_calls=5)
     assert blur_edit["psnr_outside_edit"] < local["psnr_outside_edit"]
+    assert 0 < blur_edit["edit_seconds_per_image"] < 1  # a batch-1 edit timed
 
 
 def test_moved_heads_are_brought_back_to_the_aligned_frame_for_the_predictor():

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from stylecli.methods.sfe import EDITOR, INVERTER
-from stylecli.methods.sfe.method import (edit_delta, feature_layer, generator_feature, synthesize_from_feature)
+from stylecli.methods.sfe.method import (edit_delta, feature_layer, generator_feature, rows_up_to,
+                                         synthesize_from_feature)
 from stylecli.methods.sfe.model import FeatureEditor, Inverter, InverterConfig
 from stylecli.methods.sfe.spec import SFETrainingConfig
 from stylecli.methods.sfe.train import SFETrainer, inverter_config_for, sfe_from_run
@@ -68,7 +69,7 @@ def test_an_inverter_on_e4e_starts_from_e4es_code_and_reads_its_residual(G):
 
 def test_the_detail_shortcut_joins_at_zero_and_carries_each_residual_pixel_to_its_feature_position(G):
     inv = Inverter(**inverter_config_for(G, 16, {**TINY, "on_e4e": True})).eval()
-    grown = inv.with_detail_shortcut().eval()
+    grown = inv.reconfigured(detail_shortcut=True).eval()
     assert grown.cfg.detail_shortcut and grown.detail[1].weight.shape == (G.synthesis.channels[16], 3 * 4 * 4, 3, 3)
     w_e4e, x, y = torch.randn(2, G.num_ws, G.w_dim), torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
     for a, b in zip(inv(x, w_e4e, y), grown(x, w_e4e, y)):  # nothing changes until it trains
@@ -83,7 +84,7 @@ def test_the_detail_shortcut_joins_at_zero_and_carries_each_residual_pixel_to_it
     (grown(x, w_e4e, y)[1].square().sum()).backward()
     assert grown.detail[1].weight.grad.abs().sum() > 0
     with pytest.raises(AssertionError, match="builds on e4e"):
-        Inverter(**inverter_config_for(G, 16, TINY)).with_detail_shortcut()
+        Inverter(**inverter_config_for(G, 16, TINY)).reconfigured(detail_shortcut=True)
 
 
 def test_the_feature_editor_starts_by_carrying_e4es_feature_change_over():
@@ -101,10 +102,31 @@ def test_edit_delta_is_zero_without_an_edit_and_per_image(G):
     d = torch.randn(G.num_ws, G.w_dim)
     # Zero up to float rounding: both codes go through G in one batch, and with several threads oneDNN may sum the two
     # halves of a batch in different orders (~1e-6 on an AMD EPYC with 2 threads; exactly 0 with one).
-    assert edit_delta(G, ws, 0 * d, "b16.conv1").abs().max() < 1e-5
-    per_image = edit_delta(G, ws, torch.tensor([0.0, 1.0, -1.0]).view(3, 1, 1) * d, "b16.conv1")
+    assert edit_delta(G, ws, 0 * d, "b16.conv1")[0].abs().max() < 1e-5
+    per_image, skips = edit_delta(G, ws, torch.tensor([0.0, 1.0, -1.0]).view(3, 1, 1) * d, "b16.conv1")
     assert per_image[0].abs().max() < 1e-5 and per_image[1].abs().mean() > 1e-3
-    torch.testing.assert_close(per_image[2:], edit_delta(G, ws[2:], -d, "b16.conv1"))
+    torch.testing.assert_close(per_image[2:], edit_delta(G, ws[2:], -d, "b16.conv1")[0])
+    # The skip is the edited code's: what the image synthesised from the edited F_k continues from.
+    torch.testing.assert_close(skips[1:2], generator_feature(G, ws[1:2] + d, "b16.conv1")[1], atol=1e-5, rtol=0)
+
+
+def test_an_inverter_can_keep_e4es_rows_up_to_f_k(G):
+    cfg = inverter_config_for(G, 16, {**TINY, "on_e4e": True})
+    inv = Inverter(**cfg).eval()
+    for style in inv.fs_backbone.styles:
+        torch.nn.init.normal_(style.weight, std=0.1)
+    rows = rows_up_to(G, "b16.conv1")
+    assert rows == G.synthesis.w_index("b16.conv1") + 1 == 5  # b4.conv1, b8.conv0/1, b16.conv0/1
+    kept = inv.reconfigured(e4e_rows=rows).eval()
+    assert sum(isinstance(s, torch.nn.Linear) for s in kept.fs_backbone.styles) == G.num_ws - rows
+    w_e4e, x, y = torch.randn(2, G.num_ws, G.w_dim), torch.rand(2, 3, 64, 64) * 2 - 1, torch.rand(2, 3, 64, 64) * 2 - 1
+    (w, f_pred), (w_kept, f_kept) = inv(x, w_e4e, y), kept(x, w_e4e, y)
+    assert torch.equal(w_kept[:, :rows], w_e4e[:, :rows]) and (w[:, :rows] - w_e4e[:, :rows]).abs().min() > 0
+    torch.testing.assert_close(w_kept[:, rows:], w[:, rows:])  # the later rows' heads are the loaded ones
+    torch.testing.assert_close(f_kept, f_pred)
+    assert "fs_backbone.styles.4.weight" not in kept.state_dict() and "fs_backbone.styles.5.weight" in kept.state_dict()
+    with pytest.raises(AssertionError, match="need on_e4e"):
+        Inverter(**{**cfg, "on_e4e": False, "e4e_rows": 2})
 
 
 def tiny_config(tmp_path, **changes):
@@ -223,6 +245,50 @@ def test_the_method_inverts_and_edits_from_saved_codes(tmp_path):
     from stylecli.methods.base import Inversion
     with pytest.raises(LatentError, match="invert the image again with --method sfe"):
         method.edit(Inversion(latents={"w_plus": inv.latents["w_plus"]}, image=None), d, 1.0)
+
+
+def test_e4e_early_rows_take_f_w_and_the_skip_from_e4es_synthesis_exactly(tmp_path):
+    """`train sfe --e4e-early-rows`: the rows up to F_k stay e4e's, and the method reads F_w and the RGB skip from the
+    synthesis of G(w_E) instead of synthesising them from w: the same inversion and edits as the general path."""
+    from stylecli.methods import METHODS
+
+    SFETrainer(tiny_config(tmp_path / "a", steps=1)).run()
+    trainer = SFETrainer(tiny_config(tmp_path, init=str(tmp_path / "a" / "run"), e4e_early_rows=True, steps=1))
+    rows = rows_up_to(trainer.G, "b16.conv1")
+    loaded = sfe_from_run(tmp_path / "a" / "run")[0][INVERTER].state_dict()
+    assert trainer.inverter.cfg.e4e_rows == rows and all(
+        torch.equal(v, loaded[k]) for k, v in trainer.inverter.state_dict().items())
+    trainer.run()
+    networks, record = sfe_from_run(tmp_path / "run")
+    assert record["config"]["e4e_early_rows"] and networks[INVERTER].cfg.e4e_rows == rows
+    with torch.no_grad():  # trained heads and fuser (not their zero starts): every path must agree whatever they hold
+        for style in networks[INVERTER].fs_backbone.styles[rows:]:
+            style.weight.normal_(std=0.05)
+        networks[INVERTER].fuser.conv.weight.normal_(std=0.1)
+        for block in networks[EDITOR].encoder.body:
+            block.body[-1].weight.fill_(0.5)
+    import shutil
+    shutil.copytree(SHIPPED, tmp_path / "pack")
+    write_pack(tmp_path / "pack", "synthface-64", networks, 64, record)
+    method = METHODS["sfe"].load(Pack.open(tmp_path / "pack"))
+    G, layer, x = method.G, method.layer, torch.rand(2, 3, 64, 64) * 2 - 1
+    inv = method.invert(x)
+    w, w_e4e, f_k = inv.latents["w_plus"], inv.latents["w_e4e"], inv.latents["f_k"]
+    assert torch.equal(w[:, :rows], w_e4e[:, :rows]) and (w[:, rows:] - w_e4e[:, rows:]).abs().mean() > 1e-3
+    d = torch.randn(G.num_ws, G.w_dim)
+    with torch.no_grad():  # the general path: F_w and the skip synthesised from w (and from the edited code)
+        _, f_pred = method.inverter(x, w_e4e, G.synthesis(w_e4e))
+        f_w, skip = generator_feature(G, w, layer)
+        torch.testing.assert_close(f_k, method.inverter.fuse(f_pred, f_w), atol=1e-5, rtol=0)
+        image = synthesize_from_feature(G, w, method.editor(f_k, torch.zeros_like(f_k)), layer, skip)
+        torch.testing.assert_close(inv.image, image, atol=1e-5, rtol=0)
+        delta = generator_feature(G, w_e4e, layer)[0] - generator_feature(G, w_e4e + 1.5 * d, layer)[0]
+        _, skip_edit = generator_feature(G, w + 1.5 * d, layer)
+        edit = synthesize_from_feature(G, w + 1.5 * d, method.editor(f_k, delta), layer, skip_edit)
+    edited = method.edit_inversion(inv, d, 1.5)
+    torch.testing.assert_close(edited.image, edit, atol=1e-5, rtol=0)
+    torch.testing.assert_close(edited.latents["w_plus"], w + 1.5 * d, atol=1e-6, rtol=0)
+    torch.testing.assert_close(method.edit(edited, d, -1.5), inv.image, atol=1e-5, rtol=0)
 
 
 def official_layout_state(stem=8, widths=(8, 8, 16, 16), units=(1, 2, 1, 1), styles=3, w_dim=16, feature=12, blocks=2,

@@ -314,15 +314,19 @@ def _scales_for(target: str, editable: list[str], std: dict[str, float]) -> dict
 @torch.no_grad()
 def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int = 100, strength: float = 2.0,
                      batch: int = 16, on_batch: Callable[[int], None] = lambda n: None,
-                     set_name: str = "indomain") -> list[dict]:
+                     set_name: str = "indomain", timing_images: int = 8, timing_calls: int = 30) -> list[dict]:
     """Edit scores of each direction on the first `count` faces of a set; on_batch(n) after each batch of n images
-    inverted or edited, (1 + len(directions)) * count in all."""
+    inverted or edited, (1 + len(directions)) * count in all. `edit_seconds_per_image`: the median of `timing_calls`
+    batch-1 edits of an inversion (cycling over the first faces), after 3 warm-up calls: what an edit costs on top of
+    the inversion (timing_calls 0: not timed)."""
     data = load_set(set_name, count, method.resolution)
     targets = {dname: direction.info.get("attribute", dname) for dname, direction in directions.items()}
     aligned = lambda images: unmoved(images, data.labels)  # what the predictor reads (moved heads brought back)
     editable, std = _edit_scales(losses, data, list(targets.values()), aligned)
     inversions = [_counted(method.invert(chunk), on_batch, len(chunk)) for chunk in data.images.split(batch)]
     base = torch.cat([inv.image for inv in inversions])
+    singles = [inversions[0].row(i) for i in range(min(timing_images, len(inversions[0].image)))]
+    device = torch.device(getattr(method, "device", "cpu"))
     rows = []
     for dname, direction in directions.items():
         edited = torch.cat([_counted(method.edit(inv, direction.vector, strength), on_batch, len(inv.image))
@@ -330,6 +334,10 @@ def evaluate_editing(method, losses: LossNetworks, directions: dict, count: int 
         row = _edit_row(dname, targets[dname], aligned(base), aligned(edited), losses,
                         _scales_for(targets[dname], editable, std))
         row.update(set=set_name, strength=strength, target_change_per_unit=row["target_change_std"] / strength)
+        if timing_calls:
+            cycle = itertools.cycle(singles)
+            row["edit_seconds_per_image"] = measure(lambda: method.edit(next(cycle), direction.vector, strength),
+                                                    device, warmup=3, repeats=timing_calls).median
         # What was added to the face should come through the edit as it was: compared with the input, not with the
         # reconstruction, so that a method that never reconstructed it (e4e, the baseline) scores what it lost.
         kept = masked_psnr(data.images, edited, data.masks) if data.masks is not None else None

@@ -295,7 +295,9 @@ def editing_command(
     local = any("psnr_outside_edit" in row for row in rows)
     inside = any("change_inside_edit" in row for row in rows)
     flips = any("flipped_share" in row for row in rows)
+    timed = any("edit_seconds_per_image" in row for row in rows)
     table = Table("method", "direction", "target change ± SE", "per unit", "max drift", "ID sim",
+                  *(["edit"] if timed else []),
                   *(["PSNR outside edit"] if local else []), *(["change inside"] if inside else []),
                   *(["flipped"] if flips else []),
                   *(["PSNR kept in mask"] if kept else []),
@@ -304,11 +306,15 @@ def editing_command(
         table.add_row(row["method"], row["direction"],
                       f"{row['target_change_std']:+.2f} ± {row['target_change_se']:.2f}", per_unit,
                       f"{row['max_drift_std']:.2f}", f"{row['id_similarity']:.3f}",
+                      *([_cell(row, "edit_seconds_per_image", "ms")] if timed else []),
                       *([_cell(row, "psnr_outside_edit", ".2f")] if local else []),
                       *([_cell(row, "change_inside_edit", ".0%")] if inside else []),
                       *([_cell(row, "flipped_share", ".0%")] if flips else []),
                       *([_cell(row, "psnr_kept", ".2f")] if kept else []))
     show(table)
+    if timed:
+        console.print("edit: one edit of an inverted face at batch 1 (the median of 30 calls), on top of its "
+                      "inversion")
     if local:
         console.print("PSNR outside edit: the edited image against the input outside the region the renderer's own "
                       "edit of the attribute changes, in dB (edit locality: detail and background kept)"

@@ -49,6 +49,12 @@ class Inversion:
     extras: dict[str, "torch.Tensor"] = field(default_factory=dict)  # per-image outputs that are not codes, e.g.
                                                                        # SAMM's invertibility "mask" [N, 1, R, R]
 
+    def row(self, i: int) -> "Inversion":
+        """Image i of the batch, as a batch of one."""
+        return Inversion(latents={k: v[i:i + 1] for k, v in self.latents.items()},
+                         image=None if self.image is None else self.image[i:i + 1],
+                         extras={k: v[i:i + 1] for k, v in self.extras.items()})
+
 
 @dataclass(frozen=True)
 class Option:

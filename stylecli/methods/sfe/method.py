@@ -1,6 +1,8 @@
 """SFE inference: invert into (W+, F_k), edit both, synthesise from F_k.
 
-1. (w, F_pred) = Inverter(x); F_w = G's own feature at the F layer from w; F_k = Fuser(F_pred, F_w).
+1. (w, F_pred) = Inverter(x); F_w = G's own feature at the F layer from w; F_k = Fuser(F_pred, F_w). An inverter
+   that keeps e4e's rows up to the F layer (`InverterConfig.e4e_rows`) has F_w = F(w_E), from the synthesis of
+   G(w_E) that it reads anyway.
 2. Edit by (d, s): w' = w + s d; Delta = F(w_E) - F(w_E + s d), w_E the e4e code of x and F(.) G's feature at the F
    layer; F_k' = H(F_k, Delta). Inversion is the same pass with s = 0 (Delta = 0), as in the paper.
 3. The image is synthesised from F_k' at the F layer, the later rows of w' driving the rest; the RGB skip entering
@@ -23,11 +25,37 @@ def feature_layer(inverter) -> str:
     return f"b{inverter.cfg.feature_size}.conv1"
 
 
+def skip_name(layer: str) -> str:
+    """The RGB skip entering the block of `layer` ("b{r}.conv1" -> "b{r/2}.img")."""
+    return f"b{int(layer[1:].split('.')[0]) // 2}.img"
+
+
+def rows_up_to(G, layer: str) -> int:
+    """How many leading rows of W+ drive the synthesis up to `layer`'s output (and the RGB skip entering its
+    block): the rows an inverter may keep as e4e's (`InverterConfig.e4e_rows`) without changing what F_k replaces."""
+    return G.synthesis.w_index(layer) + 1
+
+
 def generator_feature(G, ws: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     """G's feature after `layer` ("b{r}.conv1") from ws [N, num_ws, w_dim], and the RGB skip entering block r."""
-    r = int(layer[1:].split(".")[0])
-    result = G.synthesis.synthesize(ws, capture=(layer, f"b{r // 2}.img"), stop_after=layer)
-    return result.features[layer], result.features[f"b{r // 2}.img"]
+    result = G.synthesis.synthesize(ws, capture=(layer, skip_name(layer)), stop_after=layer)
+    return result.features[layer], result.features[skip_name(layer)]
+
+
+def invert_to_features(G, E, inverter, x: torch.Tensor, layer: str) -> tuple[torch.Tensor, ...]:
+    """Step 1 up to the fuser: x [N, 3, R, R] -> (w, F_pred, F_w, skip, w_E), F_w and skip G's feature at `layer`
+    and the RGB skip there from w. An inverter on e4e reads x - G(w_E); when it keeps e4e's rows up to `layer`, F_w
+    and the skip from w are those of G(w_E), taken from that synthesis instead of a second one (exactly equal).
+    Gradients reach the inverter only; E and G are frozen."""
+    w_e4e, _ = encode(E, x)
+    if not inverter.cfg.on_e4e:
+        w, f_pred = inverter(x)
+        return w, f_pred, *generator_feature(G, w, layer), w_e4e
+    e4e = G.synthesis.synthesize(w_e4e, capture=(layer, skip_name(layer)))
+    w, f_pred = inverter(x, w_e4e, e4e.img)
+    if inverter.cfg.e4e_rows >= rows_up_to(G, layer):
+        return w, f_pred, e4e.features[layer], e4e.features[skip_name(layer)], w_e4e
+    return w, f_pred, *generator_feature(G, w, layer), w_e4e
 
 
 def synthesize_from_feature(G, ws: torch.Tensor, feature: torch.Tensor, layer: str, skip: torch.Tensor) -> torch.Tensor:
@@ -35,11 +63,12 @@ def synthesize_from_feature(G, ws: torch.Tensor, feature: torch.Tensor, layer: s
     return G.synthesis.synthesize(ws, start_after=layer, x=feature, img=skip).img
 
 
-def edit_delta(G, w_e4e: torch.Tensor, offset: torch.Tensor, layer: str) -> torch.Tensor:
-    """Delta = F(w_E) - F(w_E + offset) [N, C, r, r], offset the edit in W+ ([N or 1, num_ws, w_dim], e.g. s d)."""
+def edit_delta(G, w_e4e: torch.Tensor, offset: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Delta = F(w_E) - F(w_E + offset) [N, C, r, r], offset the edit in W+ ([N or 1, num_ws, w_dim], e.g. s d),
+    and the RGB skip at `layer` from w_E + offset."""
     moved = w_e4e + offset
-    both = generator_feature(G, torch.cat([w_e4e, moved]), layer)[0]
-    return both[:len(w_e4e)] - both[len(w_e4e):]
+    both, skips = generator_feature(G, torch.cat([w_e4e, moved]), layer)
+    return both[:len(w_e4e)] - both[len(w_e4e):], skips[len(w_e4e):]
 
 
 class SFEMethod(Method):
@@ -73,12 +102,7 @@ class SFEMethod(Method):
         assert images.ndim == 4 and images.shape[1:] == (3, self.resolution, self.resolution), \
             f"expected [N, 3, {self.resolution}, {self.resolution}], got {tuple(images.shape)}"
         x = images.to(self.device, torch.float32)
-        w_e4e, _ = encode(self.E, x)
-        if self.inverter.cfg.on_e4e:
-            w, f_pred = self.inverter(x, w_e4e, self.G.synthesis(w_e4e, noise_mode="const"))
-        else:
-            w, f_pred = self.inverter(x)
-        f_w, skip = generator_feature(self.G, w, self.layer)
+        w, f_pred, f_w, skip, w_e4e = invert_to_features(self.G, self.E, self.inverter, x, self.layer)
         f_k = self.inverter.fuse(f_pred, f_w)
         image = synthesize_from_feature(self.G, w, self.editor(f_k, torch.zeros_like(f_k)), self.layer, skip)
         back = lambda t: t.to(images.device)
@@ -114,8 +138,14 @@ class SFEMethod(Method):
         w, f_k, w_e4e, offset = self._codes(inversion)
         total = offset + edit_step(w + offset, direction, strength)
         moved = w + total
-        delta = edit_delta(self.G, w_e4e, total, self.layer)
-        _, skip = generator_feature(self.G, moved, self.layer)
+        delta, skip_e4e = edit_delta(self.G, w_e4e, total, self.layer)
+        if self.inverter.cfg.e4e_rows >= rows_up_to(self.G, self.layer):
+            # The rows up to F_k are e4e's moved by the edit, so the skip is the one edit_delta synthesised.
+            k = self.inverter.cfg.e4e_rows
+            moved = torch.cat([(w_e4e + total)[:, :k], moved[:, k:]], dim=1)
+            skip = skip_e4e
+        else:
+            _, skip = generator_feature(self.G, moved, self.layer)
         image = synthesize_from_feature(self.G, moved, self.editor(f_k, delta), self.layer, skip)
         device = inversion.latents["w_plus"].device
         latents = {"w_plus": moved, "f_k": f_k, "w_e4e": w_e4e, "w_offset": total.expand_as(moved).contiguous()}

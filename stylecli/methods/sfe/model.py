@@ -44,6 +44,11 @@ class InverterConfig:
                                          # folded losslessly to F_k's size (pixel unshuffle) through one conv that
                                          # starts at zero (docs/sfe.md); False: the official (F_pred from the
                                          # third stage alone)
+    e4e_rows: int = 0                    # with on_e4e: this many leading rows of W+ stay e4e's (no head, no
+                                         # correction). Set to the rows that drive the layers up to the F layer
+                                         # (`rows_up_to`), F_w and the RGB skip are e4e's own, read from the synthesis
+                                         # of G(w_E) the inverter needs anyway (docs/sfe.md); 0: the head predicts
+                                         # every row (the official)
 
     @classmethod
     def official(cls) -> "InverterConfig":
@@ -152,14 +157,18 @@ class FSLikeBackbone(nn.Module):
             nn.Conv2d(cfg.feature_channels, cfg.feature_channels, 3, 1, 1, bias=False),
             nn.BatchNorm2d(cfg.feature_channels))
         self.avg_pool = nn.AdaptiveAvgPool2d((cfg.pool, cfg.pool))
-        self.styles = nn.ModuleList(nn.Linear(sum(cfg.widths) * cfg.pool ** 2, cfg.w_dim) for _ in range(cfg.num_ws))
+        # One head per row; rows kept as e4e's have none (nn.Identity: no parameters, the other rows keep their names).
+        self.first_row = cfg.e4e_rows
+        self.styles = nn.ModuleList(nn.Linear(sum(cfg.widths) * cfg.pool ** 2, cfg.w_dim) if row >= cfg.e4e_rows
+                                    else nn.Identity() for row in range(cfg.num_ws))
         if cfg.on_e4e:  # a correction that starts at zero: the inverter starts from e4e's code
-            for style in self.styles:
+            for style in self.styles[self.first_row:]:
                 nn.init.zeros_(style.weight)
                 nn.init.zeros_(style.bias)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """1. stem; 2. the four stages, each pooled for the w head; 3. F_pred from the third stage; 4. w rows."""
+        """1. stem; 2. the four stages, each pooled for the w head; 3. F_pred from the third stage; 4. the w rows
+        from `first_row` on ([N, num_ws - first_row, w_dim])."""
         pooled = []
         x = self.conv(x)
         x = self.block_1(x)
@@ -172,7 +181,7 @@ class FSLikeBackbone(nn.Module):
         x = self.block_4(x)
         pooled.append(self.avg_pool(x))
         head = torch.cat(pooled, dim=1).flatten(1)
-        return torch.stack([style(head) for style in self.styles], dim=1), content
+        return torch.stack([style(head) for style in self.styles[self.first_row:]], dim=1), content
 
 
 class Inverter(nn.Module):
@@ -184,6 +193,8 @@ class Inverter(nn.Module):
         cfg = InverterConfig(**config)
         self.cfg = cfg
         self.config = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+        assert 0 <= cfg.e4e_rows < cfg.num_ws and (cfg.on_e4e or cfg.e4e_rows == 0), \
+            f"e4e_rows {cfg.e4e_rows}: rows kept as e4e's need on_e4e and fewer than num_ws {cfg.num_ws}"
         self.fs_backbone = FSLikeBackbone(cfg)
         self.fuser = Fuser(cfg.feature_channels, cfg.fuser_blocks)
         self.register_buffer("latent_avg", torch.zeros(cfg.num_ws, cfg.w_dim))
@@ -196,12 +207,17 @@ class Inverter(nn.Module):
             nn.init.zeros_(self.detail[1].weight)  # adds nothing at the start: a trained inverter keeps its output
             nn.init.zeros_(self.detail[1].bias)
 
-    def with_detail_shortcut(self) -> "Inverter":
-        """A copy of this inverter with the detail shortcut added at zero (same outputs until it trains)."""
-        assert self.cfg.on_e4e, "the detail shortcut needs an inverter that builds on e4e"
-        grown = Inverter(**{**self.config, "detail_shortcut": True})
+    def reconfigured(self, **changes) -> "Inverter":
+        """A copy of this inverter with config `changes` that keep its trained weights: `detail_shortcut=True` adds
+        the shortcut at zero (same outputs until it trains); `e4e_rows=k` drops the heads of the first k rows, which
+        then take e4e's code as it is."""
+        assert self.cfg.on_e4e, "the detail shortcut and e4e's rows need an inverter that builds on e4e"
+        assert set(changes) <= {"detail_shortcut", "e4e_rows"}, f"cannot change {sorted(changes)} of a trained inverter"
+        grown = Inverter(**{**self.config, **changes})
         missing, unexpected = grown.load_state_dict(self.state_dict(), strict=False)
-        assert not unexpected and all(k.startswith("detail.") for k in missing), (missing, unexpected)
+        dropped = {f"fs_backbone.styles.{row}." for row in range(grown.cfg.e4e_rows)}
+        assert all(k.startswith("detail.") for k in missing), missing
+        assert all(k[:k.rindex(".") + 1] in dropped for k in unexpected), unexpected
         return grown
 
     def forward(self, x: torch.Tensor, w_e4e: torch.Tensor | None = None, y_e4e: torch.Tensor | None = None
@@ -209,7 +225,8 @@ class Inverter(nn.Module):
         """x [N, 3, R, R] in [-1, 1] (resized to the input size) -> (w [N, num_ws, w_dim], F_pred [N, C_F, S_F, S_F]).
 
         With `on_e4e`, w_e4e [N, num_ws, w_dim] and y_e4e = G(w_e4e) [N, 3, R, R] are the pack's e4e inversion of x:
-        the backbone reads cat[x, x - y_e4e] and w = head + w_e4e; otherwise w = head + latent_avg."""
+        the backbone reads cat[x, x - y_e4e] and w = head + w_e4e (the first `e4e_rows` rows w_e4e's exactly);
+        otherwise w = head + latent_avg."""
         cfg = self.cfg
         assert x.ndim == 4 and x.shape[1] == 3, f"expected [N, 3, R, R], got {tuple(x.shape)}"
         given = w_e4e is not None and y_e4e is not None
@@ -225,7 +242,10 @@ class Inverter(nn.Module):
         assert f_pred.shape[1:] == (cfg.feature_channels, cfg.feature_size, cfg.feature_size)
         if cfg.detail_shortcut:  # every residual pixel, each fold x fold patch stacked on channels at its F_k position
             f_pred = f_pred + self.detail(F.pixel_unshuffle(x[:, 3:], cfg.fold))
-        return w + (w_e4e if given else self.latent_avg), f_pred
+        if not given:
+            return w + self.latent_avg, f_pred
+        k = cfg.e4e_rows
+        return torch.cat([w_e4e[:, :k], w + w_e4e[:, k:]], dim=1), f_pred
 
     def fuse(self, f_pred: torch.Tensor, f_w: torch.Tensor) -> torch.Tensor:
         return self.fuser(f_pred, f_w)

@@ -34,6 +34,11 @@ class SFETrainingConfig:
     detail_shortcut: bool = setting(False, "Phase 1: give the inverter the residual of e4e's inversion at full "
                                            "resolution, folded to F_k's size (docs/sfe.md); with --init it is "
                                            "added at zero to the loaded inverter.")
+    e4e_early_rows: bool = setting(False, "Phase 1: the inverter keeps e4e's code for the W+ rows that drive the "
+                                          "layers up to F_k and corrects only the later ones; F_w then comes from "
+                                          "e4e's own synthesis, one partial synthesis fewer per inversion "
+                                          "(docs/sfe.md); with --init the loaded inverter's heads for those rows "
+                                          "are dropped.")
     inverter_config: dict = field(default_factory=dict)   # InverterConfig overrides (widths, units, ...)
     editor_blocks: int = 2              # residual blocks of the feature editor (the official: 5)
     # Losses (the paper, section 4 and appendix): on (X, G(F_k, w)) and (X, G(w)) in phase 1, L2 1, LPIPS 0.8, ID 0.1,

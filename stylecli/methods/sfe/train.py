@@ -34,7 +34,8 @@ from ...train.export import load_run, step_run_record
 from ...train.optim import Ranger
 from ..e4e.method import encode
 from . import BASE, EDITOR, INVERTER
-from .method import edit_delta, feature_layer, generator_feature, synthesize_from_feature
+from .method import (edit_delta, feature_layer, generator_feature, invert_to_features, rows_up_to,
+                     synthesize_from_feature)
 from .model import FeatureEditor, Inverter, InverterConfig
 from .spec import SFETrainingConfig
 
@@ -119,11 +120,16 @@ class SFETrainer(StepTrainer):
             source = f"--inverter {cfg.inverter}" if cfg.inverter else f"the inverter of --model {cfg.model}"
         elif cfg.init is not None:
             self.inverter, source = _trained(cfg.init, INVERTER), f"--init {cfg.init}"
-            if cfg.detail_shortcut and not self.inverter.cfg.detail_shortcut:
-                self.inverter = self.inverter.with_detail_shortcut()
+            grow = {"detail_shortcut": True} if cfg.detail_shortcut and not self.inverter.cfg.detail_shortcut else {}
+            if cfg.e4e_early_rows:
+                grow["e4e_rows"] = max(self.inverter.cfg.e4e_rows, rows_up_to(self.G, feature_layer(self.inverter)))
+            if grow:
+                self.inverter = self.inverter.reconfigured(**grow)
         else:
-            self.inverter, source = Inverter(**inverter_config_for(self.G, cfg.feature_size or DEFAULT_FEATURE_SIZE, {
-                "on_e4e": True, "detail_shortcut": cfg.detail_shortcut, **parse_widths(cfg.widths),
+            size = cfg.feature_size or DEFAULT_FEATURE_SIZE
+            rows = rows_up_to(self.G, f"b{size}.conv1") if cfg.e4e_early_rows else 0
+            self.inverter, source = Inverter(**inverter_config_for(self.G, size, {
+                "on_e4e": True, "detail_shortcut": cfg.detail_shortcut, "e4e_rows": rows, **parse_widths(cfg.widths),
                 **cfg.inverter_config})), "the new inverter"
             self.inverter.fuser.start_as(0.0, 1.0)  # F_k = F_w at the start
             with torch.no_grad():
@@ -230,8 +236,7 @@ class SFETrainer(StepTrainer):
 
     def inverter_step(self, x: torch.Tensor) -> dict:
         cfg = self.cfg
-        w, f_pred = self.invert(x)
-        f_w, skip = generator_feature(self.G, w, self.layer)
+        w, f_pred, f_w, skip, _ = invert_to_features(self.G, self.E, self.inverter, x, self.layer)
         f_k = self.inverter.fuse(f_pred, f_w)
         t = self.feature_scale()
         y = synthesize_from_feature(self.G, w, t * f_k + (1 - t) * f_w if t < 1 else f_k, self.layer, skip)
@@ -256,7 +261,7 @@ class SFETrainer(StepTrainer):
             step = random_edit_steps(self.directions, n, cfg.max_strength, self.edit_rng)
             w_e4e, x_e = self.e4e_inversion(x)
             x_e_edit = self.G.synthesis(w_e4e + step, noise_mode="const")
-            delta = edit_delta(self.G, w_e4e, step, self.layer)
+            delta, _ = edit_delta(self.G, w_e4e, step, self.layer)
             # The frozen inverter on the e4e reconstruction and on the real image (whose e4e inversion is at hand).
             both = torch.cat([x_e, x])
             e4e = None
@@ -298,7 +303,7 @@ class SFETrainer(StepTrainer):
 # Settings a resumed run must share with the run it continues (the others, e.g. --steps, may change).
 # --feature-size and --widths are checked against the run's inverter instead (`with_inverter_shape`).
 _FIXED_ON_RESUME = ("phase", "model", "data", "inverter", "init", "batch", "lr", "max_strength", "detail_shortcut",
-                    "inverter_config", "editor_blocks", "seed")
+                    "e4e_early_rows", "inverter_config", "editor_blocks", "seed")
 
 
 def _trained(source: str, network: str):
