@@ -136,6 +136,11 @@ def test_options_are_checked_against_what_the_method_declares():
             spec.check_options(given)
     with pytest.raises(ValueError, match="it takes none"):
         METHODS["e4e"].check_options({"steps": 3})
+    mask = MethodSpec(name="toy", summary="a toy", implementation="stylecli.methods.e4e.method:E4E",
+                      options=(Option("mask", str, "none", "Mask.", choices=("none", "face")),))
+    assert mask.check_options({"mask": "face"}) == {"mask": "face"}
+    with pytest.raises(ValueError, match="--mask: 'hair' is not one of none, face"):
+        mask.check_options({"mask": "hair"})
 
 
 def test_train_has_one_subcommand_per_target_with_only_its_options():
@@ -212,6 +217,14 @@ def test_method_options_become_flags_of_the_commands_that_invert():
     assert seen == {"input": "a.png", "options": {"steps": 5}}
     runner.invoke(app, ["b.png"])
     assert seen == {"input": "b.png", "options": {"steps": None}}
+    # An option of editing only is a flag of the commands that edit, not of the others.
+    masked = MethodSpec(name="masked", summary="a toy", implementation="stylecli.methods.e4e.method:E4E",
+                        options=(Option("mask", str, "none", "Mask.", choices=("none", "face"), edits_only=True),))
+    for edits in (True, False):
+        app = typer.Typer()
+        app.command()(with_method_options(invert, [masked], edits=edits))
+        help_text = runner.invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+        assert ("--mask" in help_text and "none|face" in help_text) == edits
 
 
 def test_methods_command_lists_every_method():

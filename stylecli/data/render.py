@@ -153,13 +153,28 @@ def finish(p: FaceParams, big: Image.Image, resolution: int) -> Image.Image:
 
 def render_face_layer(p: FaceParams, size: int) -> Image.Image:
     """Head, hair, neck and shoulders on a transparent canvas (RGBA, size x size)."""
+    return _draw_face(p, size)[0]
+
+
+def render_face_region(p: FaceParams, resolution: int = 64) -> np.ndarray:
+    """[R, R] float32 in [0, 1]: how much of each pixel of `render(p, resolution)` is the face -- the skull and jaw
+    with everything drawn on them (eyes, brows, nose, mouth, beard, glasses), without the hair over them, the ears,
+    neck and background: what a face parser's face classes cover on a photo (the edit mask of `--edit-mask face`)."""
+    region = _draw_face(p, resolution * SUPERSAMPLE)[1]
+    return np.asarray(region.resize((resolution, resolution), Image.BOX), np.float32) / 255.0
+
+
+def _draw_face(p: FaceParams, size: int) -> tuple[Image.Image, Image.Image]:
+    """(the face layer, RGBA size x size; the face region, L size x size: 255 on the face)."""
     S = size
     X = lambda v: v * S  # canvas units (0..1 across the canvas) -> pixels
     # Strokes blend over an opaque canvas; the silhouette (opaque shapes only) is drawn into a separate mask that
-    # becomes the alpha channel, so translucent details never punch holes.
+    # becomes the alpha channel, so translucent details never punch holes. Shapes drawn with region=True (the skull,
+    # the jaw) add to the face region, region=False (hair over the face) take from it.
     img = Image.new("RGB", (S, S), (0, 0, 0))
     silhouette = Image.new("L", (S, S), 0)
-    draw = _SilhouetteDraw(ImageDraw.Draw(img, "RGBA"), ImageDraw.Draw(silhouette))
+    face_region = Image.new("L", (S, S), 0)
+    draw = _SilhouetteDraw(ImageDraw.Draw(img, "RGBA"), ImageDraw.Draw(silhouette), ImageDraw.Draw(face_region))
 
     skin = _palette(SKIN_TONES, p.skin)
     hair = _palette(HAIR_COLOURS, p.hair_hue)
@@ -187,11 +202,11 @@ def render_face_layer(p: FaceParams, size: int) -> Image.Image:
             draw.ellipse([X(ex - 0.035 * visible), X(cy - 0.06), X(ex + 0.035 * visible), X(cy + 0.05)],
                          fill=shade(skin, 0.93))
     # Face: an ellipse for the skull, a polygon for the jaw (rounder or squarer).
-    draw.ellipse([X(cx - fw), X(cy - fh), X(cx + fw), X(cy + fh * 0.55)], fill=_rgb(skin))
+    draw.ellipse([X(cx - fw), X(cy - fh), X(cx + fw), X(cy + fh * 0.55)], fill=_rgb(skin), region=True)
     jaw_w = fw * (0.55 + 0.3 * p.jaw)
     jaw = _quad_curve((cx - fw, cy), (cx - jaw_w, cy + fh * 1.25), (cx + turn * 0.3, cy + fh))
     jaw += _quad_curve((cx + turn * 0.3, cy + fh), (cx + jaw_w, cy + fh * 1.25), (cx + fw, cy))
-    draw.polygon([(X(x), X(y)) for x, y in jaw], fill=_rgb(skin))
+    draw.polygon([(X(x), X(y)) for x, y in jaw], fill=_rgb(skin), region=True)
 
     # Skin texture and fine detail.
     tex_rng = np.random.default_rng(p.texture_seed)
@@ -219,15 +234,16 @@ def render_face_layer(p: FaceParams, size: int) -> Image.Image:
     if p.hair_style == "bald":
         draw.arc([X(cx - fw), X(top - 0.01), X(cx + fw), X(cy)], 200, 340, fill=_rgb(hair) + (120,), width=max(1, int(X(0.015))))
     else:
-        draw.chord([X(cx - fw - 0.02), X(top - 0.05), X(cx + fw + 0.02), X(cy + 0.02)], 180, 360, fill=_rgb(hair))
+        draw.chord([X(cx - fw - 0.02), X(top - 0.05), X(cx + fw + 0.02), X(cy + 0.02)], 180, 360, fill=_rgb(hair),
+                   region=False)
         fringe = [(cx - fw - 0.02, cy - 0.06), (cx - fw * 0.3 + turn, top + 0.1 + 0.02 * p.yaw),
                   (cx + fw * 0.5 + turn, top + 0.07), (cx + fw + 0.02, cy - 0.06), (cx + fw + 0.02, top), (cx - fw - 0.02, top)]
-        draw.polygon([(X(x), X(y)) for x, y in fringe], fill=_rgb(hair))
+        draw.polygon([(X(x), X(y)) for x, y in fringe], fill=_rgb(hair), region=False)
         if p.hair_style == "spiky":
             for k in range(7):
                 x0 = cx - fw + (k + 0.5) * 2 * fw / 7
                 draw.polygon([(X(x0 - 0.03), X(top + 0.03)), (X(x0 + 0.01), X(top - 0.09)), (X(x0 + 0.03), X(top + 0.03))],
-                             fill=_rgb(hair))
+                             fill=_rgb(hair), region=False)
 
     # Eyes.
     ex_off = 0.075 + 0.03 * p.eye_spacing
@@ -300,20 +316,23 @@ def render_face_layer(p: FaceParams, size: int) -> Image.Image:
         draw.line([(X(rims[0] + gr), X(ey)), (X(rims[1] - gr), X(ey))], fill=(30, 30, 35), width=max(1, int(X(0.01))))
 
     img.putalpha(silhouette)
-    return img
+    return img, face_region
 
 
 class _SilhouetteDraw:
-    """ImageDraw whose opaque fills (solid=True, the default for fills) also mark the silhouette mask."""
+    """ImageDraw whose opaque fills (solid=True, the default for fills) also mark the silhouette mask; a shape drawn
+    with region=True / False also marks / clears the face region."""
 
-    def __init__(self, draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw):
-        self.draw, self.mask = draw, mask
+    def __init__(self, draw: ImageDraw.ImageDraw, mask: ImageDraw.ImageDraw, region: ImageDraw.ImageDraw):
+        self.draw, self.mask, self.region = draw, mask, region
 
     def __getattr__(self, name):
         method = getattr(self.draw, name)
 
-        def call(*args, **kwargs):
+        def call(*args, region: bool | None = None, **kwargs):
             method(*args, **kwargs)
+            if region is not None:
+                getattr(self.region, name)(*args, **{**kwargs, "fill": 255 if region else 0})
             fill = kwargs.get("fill")
             if name in ("ellipse", "polygon", "rectangle", "rounded_rectangle", "chord") and fill is not None \
                     and len(fill) == 3:

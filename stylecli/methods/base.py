@@ -66,6 +66,8 @@ class Option:
     help: str                      # one line for --help
     min: float | None = None       # inclusive bounds for numbers
     max: float | None = None
+    choices: tuple[str, ...] | None = None  # the values a str option takes (None: any)
+    edits_only: bool = False       # an option of editing only: offered by the commands that edit, not by `invert`
 
     @property
     def flag(self) -> str:
@@ -81,6 +83,8 @@ class Option:
             raise ValueError(f"{self.flag}: must be a finite number, got {value}")
         if self.min is not None and value < self.min or self.max is not None and value > self.max:
             raise ValueError(f"{self.flag}: {value} is outside [{self.min}, {self.max}]")
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.flag}: {value!r} is not one of {', '.join(self.choices)}")
         return value
 
 

@@ -64,3 +64,77 @@ def image_discriminator_step(D: torch.nn.Module, opt: torch.optim.Optimizer, rea
         opt.step()
     D.requires_grad_(False)
     return loss.detach()
+
+
+def warmup_cosine(lr: float, step: int, steps: int, warmup: int = 100) -> float:
+    """The learning rate at `step` of `steps`: a linear warm-up over the first `warmup` steps, then a cosine decay
+    to 0 at the last step."""
+    import math
+    warm = min(1.0, (step + 1) / warmup)
+    return lr * warm * 0.5 * (1 + math.cos(math.pi * min(step / max(steps, 1), 1.0)))
+
+
+def rendered_batches(dataset, position: int, batch: int, workers: int, collate_fn=None):
+    """An endless iterator of batches of `dataset` (sample j a function of j alone) from sample `position` on,
+    rendered by `workers` processes of one thread each: what a resumed run continues exactly from."""
+    from torch.utils.data import DataLoader
+
+    from ..data.loader import _Batches, _one_thread
+    return iter(DataLoader(dataset, batch_sampler=_Batches(position, batch), num_workers=workers,
+                           collate_fn=collate_fn, worker_init_fn=_one_thread if workers else None,
+                           generator=torch.Generator(), persistent_workers=False))
+
+
+class RenderedStreamTrainer:
+    """What a trainer of one network on a rendered stream shares (mixed into a StepTrainer): the network made from
+    the seed, Adam, the stream's position, and a checkpoint of them that resumes exactly. Subclasses set `target`
+    (the run's name for `weights from-runs`), `fixed_on_resume` (the settings a resume must share) and `stream()`
+    (the Dataset), and call `setup(cfg, make_net, resume)` first."""
+
+    target: str
+    fixed_on_resume: tuple[str, ...]
+
+    def setup(self, cfg, make_net, resume: bool) -> None:
+        from dataclasses import asdict
+
+        from .checkpoint import MetricsLog, check_resume, load_checkpoint
+
+        self.cfg = cfg
+        self.run_dir = Path(cfg.run_dir)
+        self.device = torch.device(cfg.device)
+        with torch.random.fork_rng(devices=[]):  # initialise from the seed without moving torch's global stream
+            torch.manual_seed(cfg.seed)
+            self.net = make_net().to(self.device)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
+        self.step, self.elapsed, self.position = 0, 0.0, 0
+        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
+        self._batches = None
+        if resume and (state := load_checkpoint(self.run_dir)) is not None:
+            check_resume(self.run_dir, state["config"], asdict(cfg), self.fixed_on_resume)
+            self.net.load_state_dict(state["net"])
+            self.opt.load_state_dict(state["opt"])
+            self.step, self.elapsed, self.position = state["step"], state["elapsed"], state["position"]
+
+    def save(self):
+        from dataclasses import asdict
+
+        from .checkpoint import save_checkpoint
+        save_checkpoint(self.run_dir, {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
+                                       "elapsed": self.elapsed, "position": self.position, "config": asdict(self.cfg),
+                                       "target": self.target})
+
+    def next_batch(self, collate_fn=None):
+        """The next `cfg.batch` samples of the stream (rendered by `cfg.workers` processes)."""
+        if self._batches is None:
+            self._batches = rendered_batches(self.stream(), self.position, self.cfg.batch, self.cfg.workers,
+                                             collate_fn)
+        batch = next(self._batches)
+        self.position += self.cfg.batch
+        return batch
+
+    def learning_rate(self) -> float:
+        """Set on the optimiser and returned: the warm-up and cosine schedule at this step."""
+        lr = warmup_cosine(self.cfg.lr, self.step, self.cfg.steps)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        return lr

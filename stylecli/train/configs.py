@@ -76,3 +76,18 @@ class DetectorTrainingConfig:
     log_every: int = 25
     seed: int = setting(0, "Random seed.")
     device: str = "cpu"
+
+
+@dataclass
+class FaceRegionTrainingConfig:
+    run_dir: str
+    steps: int = setting(1500, "Optimisation steps.", min=1)
+    batch: int = setting(16, "Faces rendered per step.", min=1)
+    width: int = setting(16, "Channels of the network's first stage (2x and 4x below it).", min=4)
+    input_size: int = setting(64, "Resolution the network reads (a multiple of 8).", min=8)
+    lr: float = setting(2e-3, "Adam learning rate (100 steps of warm-up, then cosine decay).")
+    workers: int = setting(1, "Processes that render faces beside training (0: none).", min=0)
+    checkpoint_every: int = setting(200, "Checkpoint interval in steps (also written at the end).", min=1)
+    log_every: int = 25
+    seed: int = setting(0, "Random seed.")
+    device: str = "cpu"

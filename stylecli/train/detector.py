@@ -16,19 +16,18 @@ the count handed out is checkpointed, so a resumed run continues exactly.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from ..data.loader import _Batches, _one_thread
 from ..data.render import TEMPLATE_POINTS, face_points
 from ..data.scenes import aligned_truth, make_scene, render_scene
 from ..imageio import image_to_tensor
-from .checkpoint import MetricsLog, StepTrainer, check_resume, load_checkpoint, save_checkpoint
+from .checkpoint import StepTrainer
+from .common import RenderedStreamTrainer, warmup_cosine
 from .configs import DetectorTrainingConfig
 
 # Std of the refiner's canvas jitter (canvas units, log scale, degrees) for a face's first crop: wide enough to cover
@@ -147,52 +146,21 @@ def _masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return ((pred - target).abs() * mask).sum() / (mask.sum().clamp(min=1) * pred.shape[1])
 
 
-class DetectorTrainer(StepTrainer):
+class DetectorTrainer(RenderedStreamTrainer, StepTrainer):
+    target = "detector"
+    fixed_on_resume = ("seed", "batch", "width", "input_size", "crop", "crops_per_face", "supersample", "lr")
+
     def __init__(self, cfg: DetectorTrainingConfig, resume: bool = False):
         from ..faces.net import FaceDetectorNet
+        self.setup(cfg, lambda: FaceDetectorNet(width=cfg.width, input_size=cfg.input_size, crop=cfg.crop), resume)
 
-        self.cfg = cfg
-        self.run_dir = Path(cfg.run_dir)
-        self.device = torch.device(cfg.device)
-        with torch.random.fork_rng(devices=[]):  # initialise from the seed without moving torch's global stream
-            torch.manual_seed(cfg.seed)
-            self.net = FaceDetectorNet(width=cfg.width, input_size=cfg.input_size, crop=cfg.crop).to(self.device)
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=cfg.lr)
-        self.step, self.elapsed, self.position = 0, 0.0, 0
-        self.log = MetricsLog(self.run_dir / "metrics.jsonl")
-        self._batches = None
-        if resume and (state := load_checkpoint(self.run_dir)) is not None:
-            check_resume(self.run_dir, state["config"], asdict(cfg),
-                         ("seed", "batch", "width", "input_size", "crop", "crops_per_face", "supersample", "lr"))
-            self.net.load_state_dict(state["net"])
-            self.opt.load_state_dict(state["opt"])
-            self.step, self.elapsed, self.position = state["step"], state["elapsed"], state["position"]
-
-    def save(self):
-        save_checkpoint(self.run_dir, {"net": self.net.state_dict(), "opt": self.opt.state_dict(), "step": self.step,
-                                       "elapsed": self.elapsed, "position": self.position, "config": asdict(self.cfg),
-                                       "target": "detector"})
-
-    def _next(self) -> dict:
-        if self._batches is None:
-            loader = DataLoader(SceneStream(self.cfg), batch_sampler=_Batches(self.position, self.cfg.batch),
-                                num_workers=self.cfg.workers, collate_fn=_collate,
-                                worker_init_fn=_one_thread if self.cfg.workers else None,
-                                generator=torch.Generator(), persistent_workers=False)
-            self._batches = iter(loader)
-        batch = next(self._batches)
-        self.position += self.cfg.batch
-        return batch
-
-    def _lr(self) -> float:
-        warm = min(1.0, (self.step + 1) / 100)
-        return self.cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * min(self.step / max(self.cfg.steps, 1), 1.0)))
+    def stream(self) -> Dataset:
+        return SceneStream(self.cfg)
 
     def train_step(self) -> dict:
         self.net.train()
-        b = {k: v.to(self.device) for k, v in self._next().items()}
-        for group in self.opt.param_groups:
-            group["lr"] = self._lr()
+        b = {k: v.to(self.device) for k, v in self.next_batch(_collate).items()}
+        self.learning_rate()
         heat, regression = self.net(b["x"])
         loss_heat = focal_loss(heat, b["heat"])
         rows = lambda a, b_: _masked_l1(regression[:, a:b_], b["regression"][:, a:b_], b["mask"])
@@ -211,7 +179,7 @@ class DetectorTrainer(StepTrainer):
                 "points": loss_points.item(), "refine_canvas_l1": loss_refine.item()}
 
     def log_extras(self) -> dict:
-        return {"lr": self._lr()}
+        return {"lr": warmup_cosine(self.cfg.lr, self.step, self.cfg.steps)}
 
 
 # --- evaluation --------------------------------------------------------------------------------------------------

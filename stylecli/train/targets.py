@@ -44,7 +44,8 @@ class TrainingSpec:
 
 def _targets() -> dict[str, TrainingSpec]:
     from ..methods import METHODS
-    from .configs import DetectorTrainingConfig, DomainNetTrainingConfig, GeneratorTrainingConfig
+    from .configs import (DetectorTrainingConfig, DomainNetTrainingConfig, FaceRegionTrainingConfig,
+                          GeneratorTrainingConfig)
 
     own = (
         TrainingSpec("generator", "Train a StyleGAN2 generator and discriminator (StyleGAN2 config-f objective).",
@@ -59,6 +60,10 @@ def _targets() -> dict[str, TrainingSpec]:
                      "(what `--align` uses on synthface photos).", DetectorTrainingConfig,
                      "stylecli.train.detector:DetectorTrainer", "stylecli.train.detector:detector_from_run",
                      "stylecli train detector --steps 3000 --run-dir runs/detector"),
+        TrainingSpec("faceregion", "Train the synthetic domain's face-region network on rendered faces (what "
+                     "`--edit-mask face` uses on synthface packs).", FaceRegionTrainingConfig,
+                     "stylecli.train.faceregion:FaceRegionTrainer", "stylecli.train.faceregion:faceregion_from_run",
+                     "stylecli train faceregion --steps 1500 --run-dir runs/faceregion"),
     )
     methods = tuple(spec.training for spec in METHODS.values() if spec.training is not None)
     return {t.name: t for t in own + methods}

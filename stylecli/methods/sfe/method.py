@@ -4,7 +4,9 @@
    that keeps e4e's rows up to the F layer (`InverterConfig.e4e_rows`) has F_w = F(w_E), from the synthesis of
    G(w_E) that it reads anyway.
 2. Edit by (d, s): w' = w + s d; Delta = F(w_E) - F(w_E + s d), w_E the e4e code of x and F(.) G's feature at the F
-   layer; F_k' = H(F_k, Delta). Inversion is the same pass with s = 0 (Delta = 0), as in the paper.
+   layer; F_k' = H(F_k, Delta). Inversion is the same pass with s = 0 (Delta = 0), as in the paper. With the edit
+   mask (`edit_mask="face"`, the paper's section 4.4) Delta is multiplied by the face region of the image being
+   edited, area-averaged to F_k's cells: the editor changes F_k on the face only.
 3. The image is synthesised from F_k' at the F layer, the later rows of w' driving the rest; the RGB skip entering
    that block comes from w' (the official keeps the skip from lower resolutions).
 """
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ...edits import edit_step
 from ...packs import Pack
@@ -74,7 +77,7 @@ def edit_delta(G, w_e4e: torch.Tensor, offset: torch.Tensor, layer: str) -> tupl
 class SFEMethod(Method):
     name = "sfe"
 
-    def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
+    def __init__(self, pack: Pack, device: str | torch.device = "cpu", edit_mask: str = "none"):
         self.device = torch.device(device)
         self.G = pack.generator(device)
         # Channels-last as e4e's encoder (see e4e's `encode`): the inverter's and editor's convolutions run ~15 %
@@ -90,10 +93,18 @@ class SFEMethod(Method):
                 or (cfg.num_ws, cfg.w_dim) != (self.G.num_ws, self.G.w_dim):
             raise MethodUnavailable(f"pack {pack.name!r}: its sfe_inverter (F_k {' x '.join(map(str, wanted))}, "
                                     f"{cfg.num_ws} x {cfg.w_dim} codes) was made for another generator")
+        # The paper's optional edit mask (section 4.4): Delta zeroed outside the face of the image being edited.
+        self.regions = None
+        if edit_mask == "face":
+            from ...faces.region import FaceRegions, FaceRegionUnavailable
+            try:
+                self.regions = FaceRegions.open(pack, device)
+            except FaceRegionUnavailable as exc:
+                raise MethodUnavailable(f"--edit-mask face: {exc}") from None
 
     @classmethod
-    def load(cls, pack: Pack, device: str | torch.device = "cpu") -> "SFEMethod":
-        return cls(pack, device)
+    def load(cls, pack: Pack, device: str | torch.device = "cpu", edit_mask: str = "none") -> "SFEMethod":
+        return cls(pack, device, edit_mask)
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor) -> Inversion:
@@ -137,8 +148,25 @@ class SFEMethod(Method):
         feature change for that very step."""
         w, f_k, w_e4e, offset = self._codes(inversion)
         total = offset + edit_step(w + offset, direction, strength)
+        mask = None
+        if self.regions is not None:  # the face of the image as the inversion stands (with the edits it carries)
+            current = inversion.image if inversion.image is not None else self._synthesize(w, f_k, w_e4e, offset)[0]
+            mask = F.interpolate(self.regions.masks(current.to(self.device, torch.float32)), size=f_k.shape[-2:],
+                                 mode="area")
+        image, moved = self._synthesize(w, f_k, w_e4e, total, mask)
+        device = inversion.latents["w_plus"].device
+        latents = {"w_plus": moved, "f_k": f_k, "w_e4e": w_e4e, "w_offset": total.expand_as(moved).contiguous()}
+        return Inversion(latents={k: v.to(device) for k, v in latents.items()}, image=image.to(device))
+
+    def _synthesize(self, w: torch.Tensor, f_k: torch.Tensor, w_e4e: torch.Tensor, total: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the image of the inversion (w, F_k, w_E) moved by `total` in W+, the moved code): Delta from w_E and
+        `total` (times `mask` [N, 1, r, r] where given), F_k' = H(F_k, Delta), synthesised from F_k' with the moved
+        rows after it."""
         moved = w + total
         delta, skip_e4e = edit_delta(self.G, w_e4e, total, self.layer)
+        if mask is not None:
+            delta = delta * mask
         if self.inverter.cfg.e4e_rows >= rows_up_to(self.G, self.layer):
             # The rows up to F_k are e4e's moved by the edit, so the skip is the one edit_delta synthesised.
             k = self.inverter.cfg.e4e_rows
@@ -146,10 +174,7 @@ class SFEMethod(Method):
             skip = skip_e4e
         else:
             _, skip = generator_feature(self.G, moved, self.layer)
-        image = synthesize_from_feature(self.G, moved, self.editor(f_k, delta), self.layer, skip)
-        device = inversion.latents["w_plus"].device
-        latents = {"w_plus": moved, "f_k": f_k, "w_e4e": w_e4e, "w_offset": total.expand_as(moved).contiguous()}
-        return Inversion(latents={k: v.to(device) for k, v in latents.items()}, image=image.to(device))
+        return synthesize_from_feature(self.G, moved, self.editor(f_k, delta), self.layer, skip), moved
 
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
         return self.edit_inversion(inversion, direction, strength).image

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...train.targets import TrainingSpec, setting
-from ..base import ConverterSpec, MethodSpec
+from ..base import ConverterSpec, MethodSpec, Option
 from . import BASE, EDITOR, INVERTER
 
 
@@ -67,6 +67,11 @@ SPEC = MethodSpec(
             "edits working on it.",
     implementation="stylecli.methods.sfe.method:SFEMethod",
     networks=(INVERTER, EDITOR, BASE),
+    options=(
+        Option("edit_mask", str, "none", "Where an sfe edit may change F_k: 'face' zeroes the editor's Delta outside "
+               "the face (the pack's face_region network on synthface, facexlib's face parser on real faces), "
+               "'none' everywhere (the paper's default).", choices=("none", "face"), edits_only=True),
+    ),
     training=TrainingSpec(
         name="sfe", summary="Train SFE against a pack's frozen generator: phase 1 the inverter, phase 2 the feature "
                             "editor (e4e edits as targets).",
