@@ -70,6 +70,8 @@ def test_training_learns_resumes_exactly_and_exports_with_its_figures(tmp_path):
     assert record["evaluation"]["faces"] == 3 and 0 <= record["evaluation"]["iou"] <= 1
     with pytest.raises(ValueError, match="--resume continues a run with its own settings"):
         FaceRegionTrainer(dataclasses.replace(cfg, width=8), resume=True)
+    with pytest.raises(ValueError, match="--input-size 36: a multiple of 8"):
+        FaceRegionTrainer(tiny(tmp_path / "c", input_size=36))
 
 
 def _pack_without_region(tmp_path) -> Pack:
@@ -85,8 +87,14 @@ def _pack_without_region(tmp_path) -> Pack:
 
 
 def test_a_synthetic_pack_needs_its_network_and_the_shipped_one_finds_the_face(tmp_path):
+    from stylecli.methods import METHODS, MethodUnavailable
+
+    bare = _pack_without_region(tmp_path)
     with pytest.raises(FaceRegionUnavailable, match="no face_region network; train it with `stylecli train faceregion"):
-        FaceRegions.open(_pack_without_region(tmp_path))
+        FaceRegions.open(bare)
+    with pytest.raises(MethodUnavailable) as refused:
+        METHODS["sfe"].load(bare, edit_mask="face")
+    assert str(refused.value).startswith("--edit-mask face: pack") and str(refused.value).count("--edit-mask") == 1
     from stylecli.bench.inversion import load_set
     from stylecli.data.render import FaceParams
 
@@ -112,9 +120,10 @@ def test_a_real_face_pack_takes_the_face_parsers_face_classes(tmp_path, monkeypa
     pack = types.SimpleNamespace(root=tmp_path / "pack", name="real", manifest={"alignment": "ffhq"},
                                  has=lambda name: False)
     pack.root.mkdir()
-    with pytest.raises(FaceRegionUnavailable, match=r"--edit-mask face: no face parser weights found offline: put "
-                                                    r"facexlib's parsing_bisenet.pth"):
+    with pytest.raises(FaceRegionUnavailable, match=r"^no face parser weights found offline: put "
+                                                    r"facexlib's parsing_bisenet.pth") as missing:
         FaceRegions.open(pack)
+    assert "--paste-mask" not in str(missing.value)
     torch.save(_rigged_bisenet().state_dict(), pack.root / PARSER_FILES["bisenet"])
     masks = FaceRegions.open(pack).masks(torch.zeros(2, 3, 48, 48))
     assert masks.shape == (2, 1, 48, 48) and float(masks.min()) == 1.0  # all skin: all face
@@ -147,6 +156,11 @@ def test_sfe_edit_mask_zeroes_delta_outside_the_face(sfe):
         expected = synthesize_from_feature(sfe.G, w, sfe.editor(f_k, torch.zeros_like(f_k)), sfe.layer, skip)
         torch.testing.assert_close(edited.image, expected, atol=1e-5, rtol=0)
         assert (edited.image - plain).abs().mean() > 1e-3
+        # A mask of the inverted face (here: its left half), the same for every edit of a chain: +1 then +1 is +2.
+        sfe.regions = FaceRegions(lambda images: (torch.arange(images.shape[-1]) < images.shape[-1] // 2).float()
+                                  .expand(len(images), 1, *images.shape[-2:]))
+        torch.testing.assert_close(sfe.edit(sfe.edit_inversion(inv, d, 1.0), d, 1.0), sfe.edit(inv, d, 2.0),
+                                   atol=1e-5, rtol=0)
     finally:
         sfe.regions = saved
 
@@ -176,5 +190,6 @@ def test_edit_mask_on_the_command_line(tmp_path):
                           (("--method", "e4e", "--edit-mask", "face"), "--edit-mask: not an option of method 'e4e'")):
         out = stylecli("edit", str(face), "-d", "smile", *args, "-o", str(tmp_path / "b"))
         assert out.returncode == 2 and message in out.stderr and "Traceback" not in out.stderr
-    assert "No such option: --edit-mask" in stylecli("invert", str(face), "--edit-mask", "face",
-                                                     "-o", str(tmp_path / "c")).stderr
+    for command in ("invert", "blend"):  # an option of `edit` only (blend's methods make masks; sfe does not)
+        assert "No such option: --edit-mask" in stylecli(command, str(face), "--edit-mask", "face",
+                                                         "-o", str(tmp_path / "c")).stderr

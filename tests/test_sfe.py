@@ -289,6 +289,17 @@ def test_e4e_early_rows_take_f_w_and_the_skip_from_e4es_synthesis_exactly(tmp_pa
     torch.testing.assert_close(edited.image, edit, atol=1e-5, rtol=0)
     torch.testing.assert_close(edited.latents["w_plus"], w + 1.5 * d, atol=1e-6, rtol=0)
     torch.testing.assert_close(method.edit(edited, d, -1.5), inv.image, atol=1e-5, rtol=0)
+    # Codes whose early rows are not e4e's (e.g. saved by an inverter without e4e_rows) take the general path.
+    other = dict(inv.latents, w_plus=w + 0.3 * torch.randn_like(w))
+    from stylecli.methods.base import Inversion
+    with torch.no_grad():
+        moved = other["w_plus"] + 1.5 * d
+        _, skip_other = generator_feature(G, moved, layer)
+        expected = synthesize_from_feature(G, moved, method.editor(f_k, delta), layer, skip_other)
+    torch.testing.assert_close(method.edit(Inversion(latents=other, image=None), d, 1.5), expected, atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="shape the inverter of phase 1"):
+        SFETrainer(tiny_config(tmp_path, run_dir=str(tmp_path / "x"), phase="editor", inverter=str(tmp_path / "run"),
+                               e4e_early_rows=True))
 
 
 def official_layout_state(stem=8, widths=(8, 8, 16, 16), units=(1, 2, 1, 1), styles=3, w_dim=16, feature=12, blocks=2,

@@ -253,9 +253,11 @@ def editing_command(
                                    "rendered again with its attribute moved by 1 std): what an ideal edit scores; "
                                    "needs a synthetic set or a `data synth` folder."),
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for editing.json."),
+    timing_calls: int = typer.Option(30, "--timing-calls", min=0, help="Batch-1 edits timed per direction (their "
+                                     "median is the edit column), after 3 warm-up calls; 0: not timed."),
     device: str = DeviceOption,
 ):
-    """Edit quality: target-attribute change, drift of the other attributes, identity kept.
+    """Edit quality: target-attribute change, drift of the other attributes, identity kept, time of an edit.
 
     Example: stylecli bench editing --method e4e --direction smile --strength 2 --layers 0-3 --layers 2-5
     """
@@ -284,7 +286,8 @@ def editing_command(
         chosen.update({r.name: r for r in [restricted(v, span) for v in list(chosen.values()) for span in ranges]})
         what = f"{name}: inverting, then {len(chosen)} direction{'s' if len(chosen) > 1 else ''}"
         with progress_bar(what, count * (1 + len(chosen)), runner) as advance, _usage_errors():
-            for row in evaluate_editing(runner, losses, chosen, count, strength, on_batch=advance, set_name=set_name):
+            for row in evaluate_editing(runner, losses, chosen, count, strength, on_batch=advance, set_name=set_name,
+                                        timing_calls=timing_calls):
                 add(row, name, f"{row['target_change_per_unit']:+.2f}")
     if reference:
         with console.status(f"renderer reference on {count} images"), _usage_errors():
@@ -313,8 +316,8 @@ def editing_command(
                       *([_cell(row, "psnr_kept", ".2f")] if kept else []))
     show(table)
     if timed:
-        console.print("edit: one edit of an inverted face at batch 1 (the median of 30 calls), on top of its "
-                      "inversion")
+        console.print(f"edit: one edit of an inverted face at batch 1 (the median of {timing_calls} calls), on top "
+                      "of its inversion")
     if local:
         console.print("PSNR outside edit: the edited image against the input outside the region the renderer's own "
                       "edit of the attribute changes, in dB (edit locality: detail and background kept)"

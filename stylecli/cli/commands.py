@@ -73,6 +73,6 @@ def register_commands(app: typer.Typer) -> None:
     from .editing import blend, edit, invert
     from .options import with_method_options
 
-    for command in (generate, *(with_method_options(c, METHODS.values(), edits=c is not invert)
+    for command in (generate, *(with_method_options(c, METHODS.values(), edits=c is edit)
                                 for c in (invert, edit, blend)), methods):
         app.command()(command)

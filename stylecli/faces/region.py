@@ -86,7 +86,7 @@ class FaceRegions:
         try:
             parser = open_parser("parser", pack, device=device)
         except ParserUnavailable as exc:
-            raise FaceRegionUnavailable(str(exc).replace("--paste-mask parser", "--edit-mask face").replace(
+            raise FaceRegionUnavailable(str(exc).replace("--paste-mask parser: ", "").replace(
                 " (--paste-mask ellipse needs none)", "")) from None
         if parser is None:  # pragma: no cover - open_parser("parser") raises instead
             raise FaceRegionUnavailable(missing_message(pack))

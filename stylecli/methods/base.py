@@ -67,7 +67,7 @@ class Option:
     min: float | None = None       # inclusive bounds for numbers
     max: float | None = None
     choices: tuple[str, ...] | None = None  # the values a str option takes (None: any)
-    edits_only: bool = False       # an option of editing only: offered by the commands that edit, not by `invert`
+    edits_only: bool = False       # an option of editing only: offered by `edit`, not by `invert` or `blend`
 
     @property
     def flag(self) -> str:

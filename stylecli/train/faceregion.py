@@ -51,6 +51,8 @@ class FaceRegionTrainer(RenderedStreamTrainer, StepTrainer):
     fixed_on_resume = ("seed", "batch", "width", "input_size", "lr")
 
     def __init__(self, cfg: FaceRegionTrainingConfig, resume: bool = False):
+        if cfg.input_size % 8:
+            raise ValueError(f"--input-size {cfg.input_size}: a multiple of 8 (the network halves it three times)")
         self.setup(cfg, lambda: FaceRegionNet(input_size=cfg.input_size, width=cfg.width), resume)
 
     def stream(self) -> Dataset:

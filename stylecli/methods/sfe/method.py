@@ -143,15 +143,17 @@ class SFEMethod(Method):
     def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
         """The edit by `strength` x `direction` (a learned edit: its step from the code as edited so far) on top of
         any edit the inversion already carries (`w_offset`): the editor always sees the inversion's own F_k and the
-        whole offset, as in training, so edits chain and an edit undone gives the inversion back. A learned edit's
+        whole offset, as in training, so edits chain and a linear edit undone gives the inversion back. A learned edit's
         step is taken at the inversion's own code and carried to w_E, so the editor's Delta is the generator's
         feature change for that very step."""
         w, f_k, w_e4e, offset = self._codes(inversion)
         total = offset + edit_step(w + offset, direction, strength)
         mask = None
-        if self.regions is not None:  # the face of the image as the inversion stands (with the edits it carries)
-            current = inversion.image if inversion.image is not None else self._synthesize(w, f_k, w_e4e, offset)[0]
-            mask = F.interpolate(self.regions.masks(current.to(self.device, torch.float32)), size=f_k.shape[-2:],
+        if self.regions is not None:  # the face of the inverted image (as the paper, of the source): the same mask
+            # for every edit of a chain, so chained edits give the combined one
+            unedited = inversion.image is not None and not bool(offset.any())
+            source = inversion.image if unedited else self._synthesize(w, f_k, w_e4e, torch.zeros_like(offset))[0]
+            mask = F.interpolate(self.regions.masks(source.to(self.device, torch.float32)), size=f_k.shape[-2:],
                                  mode="area")
         image, moved = self._synthesize(w, f_k, w_e4e, total, mask)
         device = inversion.latents["w_plus"].device
@@ -167,9 +169,10 @@ class SFEMethod(Method):
         delta, skip_e4e = edit_delta(self.G, w_e4e, total, self.layer)
         if mask is not None:
             delta = delta * mask
-        if self.inverter.cfg.e4e_rows >= rows_up_to(self.G, self.layer):
-            # The rows up to F_k are e4e's moved by the edit, so the skip is the one edit_delta synthesised.
-            k = self.inverter.cfg.e4e_rows
+        k = self.inverter.cfg.e4e_rows
+        if k >= rows_up_to(self.G, self.layer) and torch.allclose(w[:, :k], w_e4e[:, :k], rtol=0, atol=1e-5):
+            # The rows up to F_k are e4e's moved by the edit, so the skip is the one edit_delta synthesised. (Codes
+            # whose early rows are not e4e's, e.g. from an inverter without e4e_rows, take the general path.)
             moved = torch.cat([(w_e4e + total)[:, :k], moved[:, k:]], dim=1)
             skip = skip_e4e
         else:

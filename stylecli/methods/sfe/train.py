@@ -105,6 +105,9 @@ class SFETrainer(StepTrainer):
     def __init__(self, cfg: SFETrainingConfig, resume: bool = False):
         if cfg.phase not in PHASES:
             raise ValueError(f"--phase {cfg.phase!r}: choose inverter or editor")
+        if cfg.phase == "editor" and (cfg.e4e_early_rows or cfg.detail_shortcut):
+            raise ValueError("--e4e-early-rows and --detail-shortcut shape the inverter of phase 1; phase 2 keeps "
+                             "the inverter it is given")
         self.cfg = cfg
         self.run_dir, self.ctx, self.batch_per_rank, pack = open_run(
             cfg, ("generator", "discriminator", BASE), f"SFE's {cfg.phase} phase")
