@@ -15,6 +15,7 @@ live random state could not do this once worker processes prefetch: it runs ahea
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -77,6 +78,16 @@ def _one_thread(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+def stream_batches(dataset: Dataset, position: int, batch: int, workers: int, collate_fn=None) -> Iterator:
+    """An endless iterator of batches of `dataset` (sample j a function of j alone) from sample `position` on,
+    prefetched by `workers` processes of one thread each: what a resumed run continues exactly from."""
+    # A private generator: making an iterator draws a base seed, which must not move torch's global stream (the
+    # trainers checkpoint it). Nothing here uses the base seed: every sample seeds itself.
+    return iter(DataLoader(dataset, batch_sampler=_Batches(position, batch), num_workers=workers,
+                           collate_fn=collate_fn, worker_init_fn=_one_thread if workers else None,
+                           generator=torch.Generator(), persistent_workers=False))
+
+
 class ImageSource:
     """An endless stream of [N, 3, R, R] batches in [-1, 1] (see the module's docstring).
 
@@ -121,12 +132,7 @@ class ImageSource:
         """The next n images of the stream."""
         if self._batches is None or self._batches[0] != n:
             self.close()
-            # A private generator: making an iterator draws a base seed, which must not move torch's global stream
-            # (the trainers checkpoint it). Nothing here uses the base seed: every sample seeds itself.
-            loader = DataLoader(self.stream, batch_sampler=_Batches(self._position, n), num_workers=self.workers,
-                                worker_init_fn=_one_thread if self.workers else None,
-                                generator=torch.Generator(), persistent_workers=False)
-            self._batches = (n, iter(loader))
+            self._batches = (n, stream_batches(self.stream, self._position, n, self.workers))
         images, redraws = next(self._batches[1])
         self._position += n
         self.skipped += int(redraws.sum())

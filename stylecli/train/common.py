@@ -3,6 +3,7 @@ step with lazy R1."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -69,30 +70,19 @@ def image_discriminator_step(D: torch.nn.Module, opt: torch.optim.Optimizer, rea
 def warmup_cosine(lr: float, step: int, steps: int, warmup: int = 100) -> float:
     """The learning rate at `step` of `steps`: a linear warm-up over the first `warmup` steps, then a cosine decay
     to 0 at the last step."""
-    import math
     warm = min(1.0, (step + 1) / warmup)
     return lr * warm * 0.5 * (1 + math.cos(math.pi * min(step / max(steps, 1), 1.0)))
-
-
-def rendered_batches(dataset, position: int, batch: int, workers: int, collate_fn=None):
-    """An endless iterator of batches of `dataset` (sample j a function of j alone) from sample `position` on,
-    rendered by `workers` processes of one thread each: what a resumed run continues exactly from."""
-    from torch.utils.data import DataLoader
-
-    from ..data.loader import _Batches, _one_thread
-    return iter(DataLoader(dataset, batch_sampler=_Batches(position, batch), num_workers=workers,
-                           collate_fn=collate_fn, worker_init_fn=_one_thread if workers else None,
-                           generator=torch.Generator(), persistent_workers=False))
 
 
 class RenderedStreamTrainer:
     """What a trainer of one network on a rendered stream shares (mixed into a StepTrainer): the network made from
     the seed, Adam, the stream's position, and a checkpoint of them that resumes exactly. Subclasses set `target`
-    (the run's name for `weights from-runs`), `fixed_on_resume` (the settings a resume must share) and `stream()`
-    (the Dataset), and call `setup(cfg, make_net, resume)` first."""
+    (the run's name for `weights from-runs`), `fixed_on_resume` (the settings a resume must share), `stream()` (the
+    Dataset) and, for samples that are not plain tensors, `collate`; and call `setup(cfg, make_net, resume)` first."""
 
     target: str
     fixed_on_resume: tuple[str, ...]
+    collate = None  # how samples make a batch (None: torch's default)
 
     def setup(self, cfg, make_net, resume: bool) -> None:
         from dataclasses import asdict
@@ -123,11 +113,12 @@ class RenderedStreamTrainer:
                                        "elapsed": self.elapsed, "position": self.position, "config": asdict(self.cfg),
                                        "target": self.target})
 
-    def next_batch(self, collate_fn=None):
+    def next_batch(self):
         """The next `cfg.batch` samples of the stream (rendered by `cfg.workers` processes)."""
         if self._batches is None:
-            self._batches = rendered_batches(self.stream(), self.position, self.cfg.batch, self.cfg.workers,
-                                             collate_fn)
+            from ..data.loader import stream_batches
+            self._batches = stream_batches(self.stream(), self.position, self.cfg.batch, self.cfg.workers,
+                                           self.collate)
         batch = next(self._batches)
         self.position += self.cfg.batch
         return batch

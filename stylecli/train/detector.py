@@ -149,6 +149,7 @@ def _masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 class DetectorTrainer(RenderedStreamTrainer, StepTrainer):
     target = "detector"
     fixed_on_resume = ("seed", "batch", "width", "input_size", "crop", "crops_per_face", "supersample", "lr")
+    collate = staticmethod(_collate)
 
     def __init__(self, cfg: DetectorTrainingConfig, resume: bool = False):
         from ..faces.net import FaceDetectorNet
@@ -159,7 +160,7 @@ class DetectorTrainer(RenderedStreamTrainer, StepTrainer):
 
     def train_step(self) -> dict:
         self.net.train()
-        b = {k: v.to(self.device) for k, v in self.next_batch(_collate).items()}
+        b = {k: v.to(self.device) for k, v in self.next_batch().items()}
         self.learning_rate()
         heat, regression = self.net(b["x"])
         loss_heat = focal_loss(heat, b["heat"])

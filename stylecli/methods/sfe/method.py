@@ -39,6 +39,12 @@ def rows_up_to(G, layer: str) -> int:
     return G.synthesis.w_index(layer) + 1
 
 
+def keeps_e4e_features(inverter, G, layer: str) -> bool:
+    """Whether `inverter` keeps e4e's code for every row up to `layer` (`InverterConfig.e4e_rows`): then G's feature
+    and RGB skip there from its w are those of G(w_E)."""
+    return inverter.cfg.on_e4e and inverter.cfg.e4e_rows >= rows_up_to(G, layer)
+
+
 def generator_feature(G, ws: torch.Tensor, layer: str) -> tuple[torch.Tensor, torch.Tensor]:
     """G's feature after `layer` ("b{r}.conv1") from ws [N, num_ws, w_dim], and the RGB skip entering block r."""
     result = G.synthesis.synthesize(ws, capture=(layer, skip_name(layer)), stop_after=layer)
@@ -56,7 +62,7 @@ def invert_to_features(G, E, inverter, x: torch.Tensor, layer: str) -> tuple[tor
         return w, f_pred, *generator_feature(G, w, layer), w_e4e
     e4e = G.synthesis.synthesize(w_e4e, capture=(layer, skip_name(layer)))
     w, f_pred = inverter(x, w_e4e, e4e.img)
-    if inverter.cfg.e4e_rows >= rows_up_to(G, layer):
+    if keeps_e4e_features(inverter, G, layer):
         return w, f_pred, e4e.features[layer], e4e.features[skip_name(layer)], w_e4e
     return w, f_pred, *generator_feature(G, w, layer), w_e4e
 
@@ -170,7 +176,8 @@ class SFEMethod(Method):
         if mask is not None:
             delta = delta * mask
         k = self.inverter.cfg.e4e_rows
-        if k >= rows_up_to(self.G, self.layer) and torch.allclose(w[:, :k], w_e4e[:, :k], rtol=0, atol=1e-5):
+        if keeps_e4e_features(self.inverter, self.G, self.layer) and torch.allclose(w[:, :k], w_e4e[:, :k], rtol=0,
+                                                                                     atol=1e-5):
             # The rows up to F_k are e4e's moved by the edit, so the skip is the one edit_delta synthesised. (Codes
             # whose early rows are not e4e's, e.g. from an inverter without e4e_rows, take the general path.)
             moved = torch.cat([(w_e4e + total)[:, :k], moved[:, k:]], dim=1)
