@@ -348,3 +348,29 @@ def test_moved_heads_are_brought_back_to_the_aligned_frame_for_the_predictor():
     assert torch.equal(unmoved(plain.images, plain.labels), plain.images)
     mixed = [data.labels[0], {k: v for k, v in data.labels[1].items() if k != "transform"}]
     assert torch.equal(unmoved(data.images[:2], mixed)[1], data.images[1])
+
+
+def test_bench_methods_take_their_options_and_a_batch_is_timed_on_request(tmp_path):
+    """--method NAME:OPTION=VALUE,... loads the method with those options (checked as `invert`'s flags are);
+    --batch-timing N adds the per-image time of calls on N images at once."""
+    from stylecli.cli.bench import parse_method
+    from stylecli.cli.common import UsageError
+
+    assert parse_method("e4e") == ("e4e", {})
+    assert parse_method("idinvert:steps=3,precision=bf16,no-domain-reg=true") == (
+        "idinvert", {"steps": "3", "precision": "bf16", "no_domain_reg": True})
+    for bad, message in (("idinvert:stepz=3", "'stepz=3' is not OPTION=VALUE with an option of idinvert"),
+                         ("idinvert:steps", "'steps' is not OPTION=VALUE"),
+                         ("idinvert:precision=fp16", "'fp16' is not one of fp32, bf16"),
+                         ("idinvert:no_domain_reg=maybe", "no_domain_reg takes true or false"),
+                         ("e4e:steps=3", "it takes none")):
+        with pytest.raises(UsageError, match=message):
+            parse_method(bad)
+    done = cli("bench", "inversion", "--timing-calls=2", "--model", "synthface-64", "--method",
+               "idinvert:steps=2,chunk=4", "--set", "indomain", "--count", "4", "--batch-timing", "4",
+               "-o", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert "batch s/img" in done.stdout
+    row, = json.loads((tmp_path / "inversion.json").read_text())
+    assert row["method"] == "idinvert:steps=2,chunk=4" and row["batch_seconds_per_image"] > 0
+    assert (tmp_path / "idinvert_steps_2_chunk_4_indomain.png").is_file()

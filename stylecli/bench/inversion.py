@@ -165,9 +165,11 @@ def _mask_scores(x: torch.Tensor, recon: torch.Tensor, truth: torch.Tensor | Non
 @torch.no_grad()
 def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, batch: int = 16,
                        timing_images: int = 20, timing_calls: int = 30,
-                       on_batch: Callable[[int], None] = lambda n: None) -> tuple[dict, Image.Image]:
+                       on_batch: Callable[[int], None] = lambda n: None, timing_batch: int = 0
+                       ) -> tuple[dict, Image.Image]:
     """Scores of `method` on the first `count` images of a set name or folder; on_batch(n) after each batch of n
-    inverted. The row holds what could be measured; `skipped` names the rest and why."""
+    inverted. The row holds what could be measured; `skipped` names the rest and why. With `timing_batch` N, also
+    `batch_seconds_per_image`: the median of 3 calls on N images at once (after one warm-up), divided by N."""
     data = load_set(set_name, count, method.resolution)
     x = data.images
     recon, masks = [], []
@@ -204,6 +206,10 @@ def evaluate_inversion(method, losses: LossNetworks, set_name: str, count: int, 
                 repeats=timing_calls)
     row["seconds_per_image"] = m.median
     row["peak_rss_bytes"] = m.peak_bytes
+    if timing_batch:
+        many = x[:timing_batch].repeat(math.ceil(timing_batch / len(x)), 1, 1, 1)[:timing_batch]
+        row["batch_seconds_per_image"] = measure(lambda: method.invert(many), torch.device(
+            getattr(method, "device", "cpu")), warmup=1, repeats=3).median / timing_batch
     comparison = make_grid(tensor_to_images(torch.cat([x[:8], recon[:8]])), columns=min(8, len(x)))
     return row, comparison
 

@@ -125,11 +125,46 @@ def _quality_table(model: Optional[str], count: int, json_output: bool, floor: b
         print(json.dumps(result, indent=2))
 
 
+METHOD_HELP = ("Methods to compare (repeatable); options of a method after a colon, e.g. "
+               "idinvert:chunk=16,precision=bf16 (the flags of `invert`, without the dashes).")
+
+
+def parse_method(text: str) -> tuple[str, dict]:
+    """A bench --method: NAME or NAME:OPTION=VALUE,... -> (name, options as the method's Option types); a one-line
+    UsageError for an option the method does not take or a value it refuses."""
+    from ..methods import get_method
+
+    name, _, rest = text.partition(":")
+    try:
+        spec = get_method(name)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    declared = {o.name: o for o in spec.options}
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in declared:
+            raise UsageError(f"--method {text}: {item!r} is not OPTION=VALUE with an option of {name} "
+                             f"({', '.join(o.name for o in spec.options) or 'it takes none'})")
+        if declared[key].type is bool:
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise UsageError(f"--method {text}: {key} takes true or false, not {value!r}")
+            value = value.lower() in ("true", "1", "yes")
+        options[key] = value
+    try:
+        spec.check_options(options)
+    except ValueError as exc:
+        raise UsageError(f"--method {text}: {exc}") from None
+    return name, options
+
+
 def _method_and_losses(method: str, model: str, device: str):
     from ..losses import LossNetworks
     from .editing import _open_method
 
-    runner, pack = _open_method(method, model, device)
+    name, options = parse_method(method)
+    runner, pack = _open_method(name, model, device, options)
     return runner, pack, LossNetworks.from_pack(pack)
 
 
@@ -172,12 +207,13 @@ INVERSION_COLUMNS = (
     Column("PSNR outside", "psnr_outside", ".2f", optional=True), Column("FID", "domain_fid", ".2f"),
     Column("attr. err", "attribute_error_std", ".3f"), Column("mask IoU", "mask_iou", ".3f", optional=True),
     Column("mask area", "mask_area", ".3f", optional=True), Column("s/img", "seconds_per_image", "ms"),
+    Column("batch s/img", "batch_seconds_per_image", "ms", optional=True),
 )
 
 
 @bench_app.command("inversion")
 def inversion_command(
-    method: list[str] = typer.Option(["e4e"], "--method", help="Methods to compare (repeatable)."),
+    method: list[str] = typer.Option(["e4e"], "--method", help=METHOD_HELP),
     model: str = typer.Option("synthface-64", "--model", "-m", help="Pack to evaluate on."),
     sets: list[str] = typer.Option(["indomain", "detail", "ood", "geometric"], "--set",
                                    help=f"Evaluation sets (repeatable): {SET_HELP}."),
@@ -185,6 +221,9 @@ def inversion_command(
     out: Path = typer.Option(Path("bench-out"), "--out", "-o", help="Folder for inversion.json and comparisons."),
     timing_calls: int = typer.Option(30, "--timing-calls", min=1, help="Batch-1 calls timed (their median is "
                                      "s/img), after 3 warm-up calls."),
+    batch_timing: int = typer.Option(0, "--batch-timing", min=0, help="Also time calls on this many images at once "
+                                     "(the 'batch s/img' column: the median of 3 calls after one warm-up, per image); "
+                                     "0: not timed."),
     device: str = DeviceOption,
 ):
     """Reconstruction quality and speed of each method on evaluation sets; writes JSON and comparison images.
@@ -206,10 +245,10 @@ def inversion_command(
         for set_name in sets:
             with progress_bar(f"{name} on {set_name}", count, runner) as advance, _usage_errors():
                 row, comparison = evaluate_inversion(runner, losses, set_name, count, timing_calls=timing_calls,
-                                                     on_batch=advance)
+                                                     on_batch=advance, timing_batch=batch_timing)
             row["method"] = name
             rows.append(row)
-            save_image(comparison, out / f"{name}_{_slug(set_name)}.png")
+            save_image(comparison, out / f"{_slug(name)}_{_slug(set_name)}.png")
             if row.get("unreadable"):
                 unreadable[set_name] = row["unreadable"]
     # Columns that only some runs have (masks: of the set, of the method) are shown when a row has them, so that a
@@ -241,7 +280,7 @@ def inversion_command(
 
 @bench_app.command("editing")
 def editing_command(
-    method: list[str] = typer.Option(["e4e"], "--method", help="Methods to compare (repeatable)."),
+    method: list[str] = typer.Option(["e4e"], "--method", help=METHOD_HELP),
     model: str = typer.Option("synthface-64", "--model", "-m", help="Pack to evaluate on."),
     direction: list[str] = typer.Option([], "--direction", "-d", help="Directions (default: all fitted ones)."),
     strength: float = typer.Option(2.0, "--strength", help="Edit strength."),

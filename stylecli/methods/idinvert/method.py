@@ -60,7 +60,7 @@ def inversion_loss(G, E, losses: LossNetworks, target: torch.Tensor, domain_weig
         loss = mse + perceptual_weight * perceptual
         if domain_weight > 0:
             loss = loss + domain_weight * (w - encode(E, y)).square().mean(dim=[1, 2])
-        return loss
+        return loss.float()  # under bf16 autocast too: the loop compares losses in float32
 
     return loss_fn
 
@@ -70,7 +70,7 @@ class IDInvert(Method):
 
     def __init__(self, pack: Pack, device: str | torch.device = "cpu", steps: int = DEFAULT_STEPS,
                  lr: float = DEFAULT_LR, domain_reg: float = DEFAULT_DOMAIN_REG, no_domain_reg: bool = False,
-                 lr_rampdown: float = DEFAULT_LR_RAMPDOWN):
+                 lr_rampdown: float = DEFAULT_LR_RAMPDOWN, chunk: int = 0, precision: str = "fp32"):
         self.device = torch.device(device)
         self.G = pack.generator(device)
         self.E = pack.load(NETWORK, device)
@@ -81,10 +81,12 @@ class IDInvert(Method):
                              f"{self.G.num_ws} x {self.G.w_dim}")
         self.steps, self.lr, self.lr_rampdown = steps, lr, lr_rampdown
         self.domain_weight = 0.0 if no_domain_reg else domain_reg
-        # Images optimised together (see `optimize`): one on a CPU, where a fixed chunk of 16 would make one image
-        # cost 16x (a batch of 16 costs ~0.4x per image, docs/idinvert.md); 8 on a GPU, where 8 take about as long
-        # as one.
-        self.chunk = 1 if self.device.type == "cpu" else 8
+        # Images optimised together (see `optimize`), by default one on a CPU, where a fixed chunk of 16 would make
+        # one image cost 16x (a batch of 16 costs ~0.6x per image, docs/idinvert.md); 8 on a GPU, where 8 take about
+        # as long as one.
+        self.chunk = chunk or (1 if self.device.type == "cpu" else 8)
+        assert precision in ("fp32", "bf16"), precision
+        self.precision = precision
 
     @classmethod
     def load(cls, pack: Pack, device: str | torch.device = "cpu", **options) -> "IDInvert":
@@ -112,7 +114,10 @@ class IDInvert(Method):
             hook = None if self.on_step is None else (
                 lambda step, losses, active: self.on_step(step, self.steps))  # `Method.on_step`
             config = OptimizeConfig(steps=self.steps, lr=self.lr, rampdown=self.lr_rampdown)
-            with torch.enable_grad():
+            # bf16: the passes of the loss under autocast (convolutions and matrix products in bfloat16); the codes,
+            # Adam and the returned image stay float32.
+            with torch.enable_grad(), torch.autocast(self.device.type, torch.bfloat16,
+                                                     enabled=self.precision == "bf16"):
                 result = optimize_codes({"w_plus": w0}, loss_fn, config, on_step=hook)
             codes.append(result.codes["w_plus"][:K - pad])
         return torch.cat(codes)
