@@ -195,7 +195,8 @@ def test_a_block_without_flow_masks_only():
 
 def test_the_mask_target_marks_missed_pixels_and_teaches_every_scale():
     from stylecli.methods.samm.method import Pass
-    from stylecli.methods.samm.train import missed_pixels, target_loss
+    from stylecli.methods.samm.model import missed_pixels
+    from stylecli.methods.samm.train import target_loss
 
     x = torch.zeros(1, 3, 8, 8)
     generated = x.clone()
@@ -479,3 +480,61 @@ def test_a_run_starts_the_same_whatever_the_process_loaded_before(tmp_path):
     first, second = (SAMMTrainer(_config(tmp_path / name)) for name in ("a", "b"))
     for key, value in first.net.state_dict().items():
         assert torch.equal(value, second.net.state_dict()[key]), key
+
+
+def test_the_sharp_mask_is_the_missed_pixels_inside_the_blocks_region():
+    """sharpen_mask: 1 exactly where the input differs from the reference beyond the threshold, inside the region
+    the blocks' mask marks (>= 0.5, grown by R/32 px); a miss outside that region (e4e's own) is not masked."""
+    from stylecli.methods.samm.model import sharpen_mask
+
+    x = torch.zeros(1, 3, 64, 64)
+    reference = x.clone()
+    reference[..., 10:20, 10:30] = 0.5    # an occluder the generator misses...
+    reference[..., 40:46, 40:46] = 0.5    # ...and a miss of its own, away from the blocks' region
+    blocks = torch.zeros(1, 1, 64, 64)
+    blocks[..., 12:18, 12:28] = 0.7       # the blocks mark the occluder's middle only (a soft 16 px mask)
+    blocks[..., 40:46, 40:46] = 0.3       # and the other miss faintly
+    sharp = sharpen_mask(blocks, x, reference)
+    want = torch.zeros(1, 1, 64, 64)
+    want[..., 10:20, 10:30] = 1           # the whole occluder, to its outline (the region grown by 2 px)
+    assert torch.equal(sharp, want)
+    assert sharpen_mask(blocks, x, x).max() == 0  # nothing missed, nothing masked
+    with pytest.raises(AssertionError, match="mask"):
+        sharpen_mask(blocks[..., :32], x, reference)
+
+
+def test_sharp_and_soft_masks_and_edits_that_keep_the_inversions_reference(pack, monkeypatch):
+    """--mask sharp (the default) blends the sharp mask over G's aligned output; --mask soft is Algorithm 2's blend.
+    An edit's sharp mask reads the unedited inversion's G output (kept 8-bit in the inversion), so an edit at strength
+    0 is the inversion; an inversion without it (a latent file of --mask soft) has it synthesised again."""
+    from stylecli.data.sets import make_sample
+    from stylecli.imageio import image_to_tensor
+    from stylecli.methods import METHODS
+    from stylecli.methods.samm import method as samm_method
+    from stylecli.methods.samm.model import sharpen_mask
+
+    x = torch.cat([image_to_tensor(make_sample("ood", i).image, 64) for i in range(3)])
+    sharp, soft = METHODS["samm"].load(pack), METHODS["samm"].load(pack, mask="soft")
+    a, b = sharp.invert(x), soft.invert(x)
+    assert "reference" not in b.extras and a.extras["reference"].dtype == torch.uint8
+    torch.testing.assert_close(a.latents["w_plus"], b.latents["w_plus"])
+    reference = samm_method.from_source(a.extras["reference"], 64)
+    torch.testing.assert_close(a.extras["mask"], sharpen_mask(b.extras["mask"], x, reference))
+    assert set(a.extras["mask"].unique().tolist()) <= {0.0, 1.0} and a.extras["mask"].sum() > 0
+    m = a.extras["mask"]
+    torch.testing.assert_close(a.image.clamp(-1, 1), m * x + (1 - m) * reference, atol=1e-2, rtol=0)  # 8-bit apart
+    direction = torch.zeros(sharp.G.num_ws, sharp.G.w_dim)
+    unmoved = sharp.edit_inversion(a, direction, 1.0)
+    torch.testing.assert_close(unmoved.image, a.image, atol=1e-5, rtol=0)
+    assert torch.equal(unmoved.extras["mask"], a.extras["mask"])
+    smile = torch.randn(sharp.G.num_ws, sharp.G.w_dim) * 0.3
+    edited = sharp.edit_inversion(a, smile, 2.0)
+    assert torch.equal(edited.extras["reference"], a.extras["reference"])  # a chain keeps reading it
+    seen, real = [], samm_method.samm_pass
+    monkeypatch.setattr(samm_method, "samm_pass", lambda *args, **kw: seen.append(args[3]) or real(*args, **kw))
+    older = sharp.edit_inversion(samm_method.Inversion(latents=a.latents, image=None, extras={
+        k: v for k, v in a.extras.items() if k != "reference"}), smile, 2.0)
+    assert len(seen) == 2 and torch.equal(seen[0], a.latents["w_plus"])  # the unedited pass first
+    torch.testing.assert_close(older.image, edited.image)
+    with pytest.raises(Exception, match="--mask: 'hard' is not one of sharp, soft"):
+        METHODS["samm"].load(pack, mask="hard")

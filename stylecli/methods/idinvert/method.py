@@ -82,7 +82,7 @@ class IDInvert(Method):
         self.steps, self.lr, self.lr_rampdown = steps, lr, lr_rampdown
         self.domain_weight = 0.0 if no_domain_reg else domain_reg
         # Images optimised together (see `optimize`), by default one on a CPU, where a fixed chunk of 16 would make
-        # one image cost 16x (a batch of 16 costs ~0.6x per image, docs/idinvert.md); 8 on a GPU, where 8 take about
+        # one image cost 16x (a batch of 16 costs ~0.4x per image, docs/idinvert.md); 8 on a GPU, where 8 take about
         # as long as one.
         self.chunk = chunk or (1 if self.device.type == "cpu" else 8)
         assert precision in ("fp32", "bf16"), precision

@@ -56,8 +56,9 @@ SPEC = MethodSpec(
         Option("lr_rampdown", float, DEFAULT_LR_RAMPDOWN, "Last fraction of the steps over which the learning rate "
                "falls to 0 on a cosine (0: a constant rate).", min=0, max=1),
         Option("chunk", int, 0, "Images optimised together, a short chunk padded to its size (0: 1 on a CPU, 8 on "
-               "a GPU). On a CPU --chunk 16 --batch 16 costs ~0.6x per image, but an image alone costs a whole "
-               "chunk; any chunk gives an image the same result whatever batch it came in.", min=0, max=256),
+               "a GPU). On a CPU --chunk 16 --batch 16 costs ~0.4x per image (with --precision bf16 ~0.25x), but an "
+               "image alone costs a whole chunk; any chunk gives an image the same result whatever batch it came "
+               "in.", min=0, max=256),
         Option("precision", str, "fp32", "fp32, or bf16: the optimisation's passes under bfloat16 autocast (~1.5x "
                "faster on CPUs with AMX; the codes stay float32).", choices=("fp32", "bf16")),
     ),

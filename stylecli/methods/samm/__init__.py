@@ -7,3 +7,5 @@ encoder and generator.
 
 NETWORK = "samm"   # the pack network holding the taps and blocks
 BASE = "e4e_encoder"  # the frozen base encoder it builds on
+MISSED_THRESHOLD = 0.04  # squared error (in [-1, 1] units, mean over channels) that marks a pixel the generator
+                         # misses: the training target's and the sharp mask's

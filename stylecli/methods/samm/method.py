@@ -11,7 +11,7 @@ from ...packs import Pack
 from ..base import Inversion, Method
 from ..e4e.method import encode
 from . import BASE, NETWORK
-from .model import SAMM, gather_mask
+from .model import SAMM, gather_mask, sharpen_mask
 
 
 @dataclass
@@ -63,44 +63,72 @@ def from_source(source: torch.Tensor | None, resolution: int) -> torch.Tensor:
 class SAMMMethod(Method):
     name = "samm"
 
-    def __init__(self, pack: Pack, device: str | torch.device = "cpu"):
+    def __init__(self, pack: Pack, device: str | torch.device = "cpu", mask: str = "sharp"):
+        assert mask in ("sharp", "soft"), mask
         self.device = torch.device(device)
         self.G = pack.generator(device)
         self.E = pack.load(BASE, device).to(memory_format=torch.channels_last)  # see e4e's `encode`
         self.net = pack.load(NETWORK, device)
         self.resolution = self.G.img_resolution
+        self.sharp = mask == "sharp"
 
     @classmethod
-    def load(cls, pack: Pack, device: str | torch.device = "cpu") -> "SAMMMethod":
-        return cls(pack, device)
+    def load(cls, pack: Pack, device: str | torch.device = "cpu", **options) -> "SAMMMethod":
+        return cls(pack, device, **options)
 
+    def _blend(self, result: Pass, x: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(output image, mask) of a pass: Algorithm 2's blend, or with --mask sharp the sharp mask's
+        (`sharpen_mask`, against `reference`, G's output of the unedited inversion)."""
+        if not self.sharp:
+            return result.image, result.mask
+        mask = sharpen_mask(result.mask, x, reference)
+        return mask * x + (1 - mask) * result.generated, mask
 
     @torch.no_grad()
     def invert(self, images: torch.Tensor) -> Inversion:
         """images [N, 3, R, R] -> codes, blended reconstruction, and extras "mask" [N, 1, R, R] (1 = taken from the
-        input) and "source" (the input, which an edit blends again)."""
+        input), "source" (the input, which an edit blends again) and with --mask sharp "reference" (G's aligned
+        output, 8-bit, which an edit's sharp mask reads)."""
         assert images.ndim == 4 and images.shape[1:] == (3, self.resolution, self.resolution), \
             f"expected [N, 3, {self.resolution}, {self.resolution}], got {tuple(images.shape)}"
         x = images.to(self.device, torch.float32)
         codes, features = encode(self.E, x, with_features=True)
         result = samm_pass(self.G, self.net, x, codes, scale_features(self.net, features))
+        reference = to_source(result.generated)  # 8-bit, as an edit reads it: an edit at strength 0 is the inversion
+        image, mask = self._blend(result, x, from_source(reference, self.resolution))
         back = lambda t: t.to(images.device)
-        return Inversion(latents={"w_plus": back(codes)}, image=back(result.image),
-                         extras={"mask": back(result.mask), "source": back(to_source(x))})
+        extras = {"mask": back(mask), "source": back(to_source(x))}
+        if self.sharp:
+            extras["reference"] = back(reference)
+        return Inversion(latents={"w_plus": back(codes)}, image=back(image), extras=extras)
 
     @torch.no_grad()
     def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
         """The edited code synthesised with the blocks aligning to the source's features; the mask is recomputed on
-        this pass, so what lies out of the domain (an occluder) stays where it was while the face changes."""
+        this pass, so what lies out of the domain (an occluder) stays where it was while the face changes (the sharp
+        mask reads the unedited inversion's G output, so the face an edit changes is not masked)."""
         codes = inversion.latents["w_plus"]
         x = from_source(inversion.extras.get("source"), self.resolution).to(self.device)
         taps = scale_features(self.net, encode(self.E, x, with_features=True)[1])
         w = codes.to(self.device)
-        w = w + edit_step(w, direction, strength)  # a W+ direction or a learned edit
-        result = samm_pass(self.G, self.net, x, w, taps)
+        reference = self._reference(inversion, x, w, taps) if self.sharp else None
+        edited = w + edit_step(w, direction, strength)  # a W+ direction or a learned edit
+        image, mask = self._blend(samm_pass(self.G, self.net, x, edited, taps), x, reference)
         back = lambda t: t.to(codes.device)
-        return Inversion(latents={"w_plus": back(w)}, image=back(result.image),
-                         extras={"mask": back(result.mask), "source": inversion.extras["source"]})
+        kept = {k: inversion.extras[k] for k in ("source", "reference") if k in inversion.extras}
+        if self.sharp and "reference" not in kept:
+            kept["reference"] = back(to_source(reference))
+        return Inversion(latents={"w_plus": back(edited)}, image=back(image), extras={"mask": back(mask), **kept})
+
+    def _reference(self, inversion: Inversion, x: torch.Tensor, w: torch.Tensor, taps: list[torch.Tensor]
+                   ) -> torch.Tensor:
+        """G's aligned output of the unedited inversion: the one it holds (extras "reference", 8-bit), or
+        synthesised again (a latent file written with --mask soft or by an older stylecli), 8-bit as well so that
+        both give the same mask."""
+        kept = inversion.extras.get("reference")
+        if kept is None or kept.dtype != torch.uint8 or tuple(kept.shape) != tuple(x.shape):
+            kept = to_source(samm_pass(self.G, self.net, x, w, taps).generated)
+        return from_source(kept.to(self.device), self.resolution)
 
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
         return self.edit_inversion(inversion, direction, strength).image

@@ -13,6 +13,10 @@ Algorithm 1 of the paper, per scale (N cycles, every cycle warps the ORIGINAL g)
 Algorithm 2, across scales (coarse to fine, each alpha upsampled to the output size):
   m = up(alpha_1);  m <- m * (up(alpha_i) - m + 1)  -- only areas every scale marks stay high
 The output is m * x + (1 - m) * G(w, warped features): m is the invertibility mask (1 = out of domain, from the input).
+
+A stylecli departure, on by default (`--mask sharp`, docs/samm.md): Algorithm 2's mask is as soft as its coarsest
+scale (16 px at 64 px), so an occluder is blended back at 0.3-0.6 and its edges fade; `sharpen_mask` keeps, inside
+the region that mask marks, exactly the pixels the generator misses (what the blocks were trained to predict).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.ops import upfirdn2d
+from . import MISSED_THRESHOLD
 
 
 def fuse(previous: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -194,3 +199,40 @@ def gather_mask(alphas: dict[int, torch.Tensor], size: int) -> torch.Tensor:
         mask = up if mask is None else mask * (up - mask + 1)
     assert mask is not None, "no scale was active"
     return mask.clamp(0, 1)
+
+
+def missed_pixels(x: torch.Tensor, generated: torch.Tensor, threshold: float, cleanup: int = 1) -> torch.Tensor:
+    """The pixels the generator misses [N, 1, H, W] (float 0/1), the blocks' training target and the sharp mask:
+    1. pixels whose squared error between the input and the generator's (aligned) output, averaged over channels in
+       [-1, 1] units, exceeds `threshold`;
+    2. with cleanup k > 1, a morphological closing then opening by a k x k square: gaps inside an occluder whose
+       colour happens to match the face are filled, and specks of e4e's own small misses (a mouth corner, an edge)
+       are dropped."""
+    missed = ((x - generated).square().mean(dim=1, keepdim=True) > threshold).float()
+    if cleanup > 1:
+        dilate = lambda m: F.max_pool2d(m, cleanup, 1, cleanup // 2)
+        erode = lambda m: -F.max_pool2d(-m, cleanup, 1, cleanup // 2)
+        missed = dilate(erode(erode(dilate(missed))))
+    return missed
+
+
+SHARP_GATE = 0.5  # the blocks' mask value from which a region counts as out of the domain
+
+
+def sharpen_mask(mask: torch.Tensor, x: torch.Tensor, reference: torch.Tensor,
+                 threshold: float = MISSED_THRESHOLD) -> torch.Tensor:
+    """The sharp invertibility mask [N, 1, R, R] (0/1) from Algorithm 2's mask [N, 1, R, R]:
+    1. region: where the mask is at least SHARP_GATE, grown by R/32 pixels (2 at 64 px; an occluder's rim, which a
+       16 px mask leaves below the gate, is inside it);
+    2. missed: `missed_pixels` of the input x against `reference`, the generator's aligned output of the unedited
+       inversion (on an edited pass too: what the generator cannot make of the input does not change with an edit,
+       and the face an edit changes must not be masked), cleaned by a closing and opening of R/32 + 1 pixels;
+    3. their product. The blocks say where the input leaves the domain (they leave out e4e's own small misses, a
+       mouth drawn a little wide); the pixels say exactly which of it: an occluder comes back whole, to its outline.
+    Measured on 100 `ood` faces (docs/samm.md): PSNR inside the added pixels 21.5 -> 31 dB with the same IoU."""
+    assert mask.shape == (x.shape[0], 1, *x.shape[2:]) and x.shape == reference.shape, \
+        f"mask {tuple(mask.shape)}, x {tuple(x.shape)}, reference {tuple(reference.shape)}"
+    size = x.shape[-1]
+    grow = max(1, round(size / 32))
+    region = F.max_pool2d((mask >= SHARP_GATE).to(x.dtype), 2 * grow + 1, 1, grow)
+    return missed_pixels(x, reference, threshold, 2 * max(1, round(size / 64)) + 1) * region

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ...train.targets import TrainingSpec, setting
-from ..base import MethodSpec
-from . import BASE, NETWORK
+from ..base import MethodSpec, Option
+from . import BASE, MISSED_THRESHOLD, NETWORK
 
 
 @dataclass
@@ -56,7 +56,7 @@ class SAMMTrainingConfig:
     target_weight: float = setting(3.0, "Weight of the self-supervised mask target: binary cross-entropy towards the "
                                         "pixels the aligned generator misses (0: the paper's objective alone).",
                                    min=0)
-    target_threshold: float = 0.04     # squared error in [-1, 1] units, mean over channels, that marks a missed pixel
+    target_threshold: float = MISSED_THRESHOLD  # squared error in [-1, 1] units, mean over channels, of a missed pixel
     target_cleanup: int = 3            # k of the morphological closing then opening of the target (1: none)
     scale_target: str = setting("area", "What each scale's alpha learns of the target: 'area' (the target's share of "
                                         "each cell) or 'max' (1 where any pixel of the cell is missed: coarse scales "
@@ -89,6 +89,11 @@ SPEC = MethodSpec(
     implementation="stylecli.methods.samm.method:SAMMMethod",
     networks=(BASE, NETWORK),
     makes_masks=True,
+    options=(
+        Option("mask", str, "sharp", "sharp: the pixels the generator misses inside the region the blocks' mask marks "
+               "(0/1, the input's own outlines); soft: Algorithm 2's mask as it is (16 px soft edges).",
+               choices=("sharp", "soft")),
+    ),
     training=TrainingSpec(
         name="samm", summary="Train SAMM's taps and alignment blocks against a pack's frozen e4e encoder and "
                              "generator (the paper's losses; ground-truth masks are never used).",

@@ -32,7 +32,7 @@ from ...train.distributed import all_mean, average_gradients, broadcast_module
 from ...train.export import load_run, step_run_record
 from . import BASE, NETWORK
 from .method import encode, samm_pass, scale_features
-from .model import SAMM
+from .model import SAMM, missed_pixels
 from .spec import SAMMTrainingConfig
 
 PAPER_SCALES = (32, 64, 128, 256)   # the official blocks at 1024 px
@@ -132,21 +132,6 @@ def mask_loss(mask: torch.Tensor, cap: float, binary_weight: float) -> torch.Ten
     binary = torch.minimum(mask, 1 - mask).mean()
     area = F.relu(mask.mean(dim=[1, 2, 3]) - cap).mean()
     return binary_weight * binary + area
-
-
-def missed_pixels(x: torch.Tensor, generated: torch.Tensor, threshold: float, cleanup: int = 1) -> torch.Tensor:
-    """The self-supervised invertibility target [N, 1, H, W] (float 0/1):
-    1. pixels whose squared error between the input and the generator's (aligned) output, averaged over channels in
-       [-1, 1] units, exceeds `threshold`;
-    2. with cleanup k > 1, a morphological closing then opening by a k x k square: gaps inside an occluder whose
-       colour happens to match the face are filled, and specks of e4e's own small misses (a mouth corner, an edge)
-       are dropped."""
-    missed = ((x - generated).square().mean(dim=1, keepdim=True) > threshold).float()
-    if cleanup > 1:
-        dilate = lambda m: F.max_pool2d(m, cleanup, 1, cleanup // 2)
-        erode = lambda m: -F.max_pool2d(-m, cleanup, 1, cleanup // 2)
-        missed = dilate(erode(erode(dilate(missed))))
-    return missed
 
 
 SCALE_TARGETS = {"area": F.adaptive_avg_pool2d, "max": F.adaptive_max_pool2d}
