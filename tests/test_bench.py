@@ -254,6 +254,7 @@ def test_bench_inversion_table_shows_dashes_for_a_method_without_masks(masked_fo
     stand_ins = {"masked": Masked(), "blur": Blur()}
     monkeypatch.setattr(bench_cli, "_method_and_losses", lambda name, model, device: (stand_ins[name], None,
                                                                                        domain_losses()))
+    monkeypatch.setattr(bench_cli, "parse_method", lambda name: (name, {}))  # stand-ins, not registered methods
     done = CliRunner().invoke(app, ["bench", "inversion", "--method", "masked", "--method", "blur", "--set",
                                     str(masked_folder), "--count", "4", "-o", str(tmp_path / "out")],
                               env={"COLUMNS": "200"})
@@ -366,6 +367,13 @@ def test_bench_methods_take_their_options_and_a_batch_is_timed_on_request(tmp_pa
                          ("e4e:steps=3", "it takes none")):
         with pytest.raises(UsageError, match=message):
             parse_method(bad)
+    from stylecli.cli.bench import _method_and_losses
+    runner = _method_and_losses("idinvert:steps=2,chunk=4,precision=bf16", "synthface-64", "cpu")[0]
+    assert (runner.steps, runner.chunk, runner.precision) == (2, 4, "bf16")
+    first_bad = cli("bench", "inversion", "--model", "synthface-64", "--method", "e4e", "--method",
+                    "idinvert:stepz=3", "--set", "indomain", "--count", "2", "-o", str(tmp_path / "bad"))
+    assert first_bad.returncode == 2 and "stepz=3" in first_bad.stderr
+    assert not (tmp_path / "bad").exists()  # refused before e4e was benched
     done = cli("bench", "inversion", "--timing-calls=2", "--model", "synthface-64", "--method",
                "idinvert:steps=2,chunk=4", "--set", "indomain", "--count", "4", "--batch-timing", "4",
                "-o", str(tmp_path))

@@ -258,14 +258,22 @@ def test_a_pack_without_the_encoder_names_the_command_that_trains_it(tmp_path):
         METHODS["idinvert"].load(Pack.open(tmp_path / "bare"))
 
 
-def test_chunk_and_bf16_options(pack_dir, faces):
+def test_chunk_and_bf16_options(pack_dir, faces, monkeypatch):
     """--chunk sets how many images are optimised together (padded: an image's result is still its own); --precision
     bf16 runs the loss's passes under bfloat16 autocast: float32 codes, an optimisation that still gains, and still one
     result per image whatever the batch."""
+    from stylecli.methods.idinvert import method as idinvert_method
+
     fp32 = _method(pack_dir, steps=10, chunk=4)
     bf16 = _method(pack_dir, steps=10, chunk=4, precision="bf16")
     assert fp32.chunk == bf16.chunk == 4 and _method(pack_dir).chunk == 1
+    shapes, real = [], idinvert_method.optimize_codes
+    monkeypatch.setattr(idinvert_method, "optimize_codes",
+                        lambda start, *a, **kw: shapes.append(tuple(start["w_plus"].shape[:1])) or real(start, *a, **kw))
     a, b = fp32.invert(faces), bf16.invert(faces)
+    assert shapes == [(4,), (4,)]  # four faces in one chunk each time
+    one = _method(pack_dir, steps=10, chunk=1).invert(faces)
+    assert not torch.equal(one.latents["w_plus"], a.latents["w_plus"])  # another chunk, another batch shape
     assert b.latents["w_plus"].dtype == torch.float32 and b.image.dtype == torch.float32
     assert not torch.equal(a.latents["w_plus"], b.latents["w_plus"])  # the autocast did run
     start = _psnr(_method(pack_dir, steps=0).invert(faces).image, faces)

@@ -278,3 +278,18 @@ def test_cuda_bias_act_matches_reference_with_gradients(act):
     fn = lambda x, b: bias_act.bias_act(x, b, act=act, clamp=3.0)
     assert torch.autograd.gradcheck(fn, (x, b))
     assert torch.autograd.gradgradcheck(fn, (x, b))
+
+
+@needs_gpu
+def test_bfloat16_on_cuda_takes_the_reference_path():
+    """The kernels dispatch on float, double and half; bfloat16 (idinvert --precision bf16 under autocast) goes the
+    reference way instead of failing."""
+    from stylecli.core.ops import _plugin
+
+    x = torch.randn(2, 4, 8, 8, device="cuda", dtype=torch.bfloat16)
+    assert not _plugin.use_cuda_kernel("bias_act", x) and not _plugin.use_cuda_kernel("upfirdn2d", x)
+    b = torch.randn(4, device="cuda", dtype=torch.bfloat16)
+    torch.testing.assert_close(bias_act.bias_act(x, b, act="lrelu"),
+                               bias_act._bias_act_ref(x, b, 1, "lrelu", 0.2, ACTIVATIONS["lrelu"].default_gain, None))
+    f = torch.ones(4, device="cuda") / 4
+    assert upfirdn2d.upfirdn2d(x, f, padding=[2, 1, 2, 1]).dtype == torch.bfloat16

@@ -483,24 +483,33 @@ def test_a_run_starts_the_same_whatever_the_process_loaded_before(tmp_path):
 
 
 def test_the_sharp_mask_is_the_missed_pixels_inside_the_blocks_region():
-    """sharpen_mask: 1 exactly where the input differs from the reference beyond the threshold, inside the region
-    the blocks' mask marks (>= 0.5, grown by R/32 px); a miss outside that region (e4e's own) is not masked."""
+    """sharpen_mask: 1 exactly where the input differs from the reference beyond the threshold (specks cleaned away),
+    inside the region the blocks' mask marks (>= 0.5, grown by R/32 px); misses outside that region are not masked;
+    a thin occluder survives the cleanup at any resolution."""
     from stylecli.methods.samm.model import sharpen_mask
 
     x = torch.zeros(1, 3, 64, 64)
     reference = x.clone()
-    reference[..., 10:20, 10:30] = 0.5    # an occluder the generator misses...
-    reference[..., 40:46, 40:46] = 0.5    # ...and a miss of its own, away from the blocks' region
+    reference[..., 10:20, 6:40] = 0.5     # an occluder the generator misses, wider than the region below...
+    reference[..., 40:46, 40:46] = 0.5    # ...a miss of its own, away from the blocks' region...
+    reference[..., 15, 13] = 0.0          # ...a pixel inside the occluder that happens to match (a hole)...
+    reference[..., 3, 20] = 0.5           # ...and a lone speck just above it, inside the grown region
     blocks = torch.zeros(1, 1, 64, 64)
-    blocks[..., 12:18, 12:28] = 0.7       # the blocks mark the occluder's middle only (a soft 16 px mask)
+    blocks[..., 2:18, 12:28] = 0.7        # the blocks mark part of the occluder (a soft 16 px mask)
     blocks[..., 40:46, 40:46] = 0.3       # and the other miss faintly
     sharp = sharpen_mask(blocks, x, reference)
     want = torch.zeros(1, 1, 64, 64)
-    want[..., 10:20, 10:30] = 1           # the whole occluder, to its outline (the region grown by 2 px)
+    want[..., 10:20, 10:30] = 1           # the occluder inside the region grown by 2 px, the hole filled, no speck
     assert torch.equal(sharp, want)
     assert sharpen_mask(blocks, x, x).max() == 0  # nothing missed, nothing masked
     with pytest.raises(AssertionError, match="mask"):
         sharpen_mask(blocks[..., :32], x, reference)
+    big = torch.zeros(1, 3, 1024, 1024)   # at 1024 px a 6 px cable inside the blocks' region is kept whole
+    cable = big.clone()
+    cable[..., 500:506, 100:900] = 0.5
+    region = torch.zeros(1, 1, 1024, 1024)
+    region[..., 400:600, 50:950] = 0.9
+    assert sharpen_mask(region, big, cable)[0, 0, 500:506, 100:900].eq(1).all()
 
 
 def test_sharp_and_soft_masks_and_edits_that_keep_the_inversions_reference(pack, monkeypatch):
@@ -527,9 +536,17 @@ def test_sharp_and_soft_masks_and_edits_that_keep_the_inversions_reference(pack,
     unmoved = sharp.edit_inversion(a, direction, 1.0)
     torch.testing.assert_close(unmoved.image, a.image, atol=1e-5, rtol=0)
     assert torch.equal(unmoved.extras["mask"], a.extras["mask"])
-    smile = torch.randn(sharp.G.num_ws, sharp.G.w_dim) * 0.3
+    from stylecli.directions import get_direction
+
+    smile = get_direction(pack, "smile-linear").vector * 2  # moves the mouth, which must not be masked
     edited = sharp.edit_inversion(a, smile, 2.0)
     assert torch.equal(edited.extras["reference"], a.extras["reference"])  # a chain keeps reading it
+    soft_edit = soft.edit_inversion(b, smile, 2.0)  # the same edited pass, Algorithm 2's mask
+    taps = samm_method.scale_features(sharp.net, samm_method.encode(sharp.E, x, with_features=True)[1])
+    edited_generated = samm_method.samm_pass(sharp.G, sharp.net, x, soft_edit.latents["w_plus"], taps).generated
+    torch.testing.assert_close(edited.extras["mask"], sharpen_mask(soft_edit.extras["mask"], x, reference))
+    against_edit = sharpen_mask(soft_edit.extras["mask"], x, edited_generated)
+    assert not torch.equal(edited.extras["mask"], against_edit)  # the edited face would have been masked
     seen, real = [], samm_method.samm_pass
     monkeypatch.setattr(samm_method, "samm_pass", lambda *args, **kw: seen.append(args[3]) or real(*args, **kw))
     older = sharp.edit_inversion(samm_method.Inversion(latents=a.latents, image=None, extras={

@@ -239,6 +239,8 @@ def inversion_command(
         for set_name in sets:
             check_evaluation_set(set_name)
 
+    for name in method:  # every --method checked before the first is benched
+        parse_method(name)
     rows, unreadable = [], {}
     for name in method:
         runner, pack, losses = _method_and_losses(name, model, device)
@@ -307,6 +309,8 @@ def editing_command(
     with _usage_errors():
         check_evaluation_set(set_name)
 
+    for name in method:  # every --method checked before the first is benched
+        parse_method(name)
     ranges = [parse_layers(text) for text in layers]
     rows, per_units = [], []
 

@@ -164,6 +164,10 @@ def get_plugin(name: str):
         return None
 
 
+KERNEL_DTYPES = (torch.float32, torch.float64, torch.float16)  # what the kernels dispatch on (not bfloat16)
+
+
 def use_cuda_kernel(name: str, x: torch.Tensor) -> bool:
-    """True when `x` lives on a CUDA device and the kernel for `name` is available."""
-    return x.is_cuda and ops_mode() != "ref" and get_plugin(name) is not None
+    """True when `x` lives on a CUDA device in a dtype the kernels handle and the kernel for `name` is available;
+    bfloat16 (e.g. under autocast) takes the reference path."""
+    return x.is_cuda and x.dtype in KERNEL_DTYPES and ops_mode() != "ref" and get_plugin(name) is not None

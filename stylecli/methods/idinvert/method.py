@@ -96,7 +96,7 @@ class IDInvert(Method):
         """The W+ codes [N, num_ws, w_dim] of `images` [N, 3, R, R]: E(x), then optimised (see `inversion_loss`),
         `chunk` images at a time.
 
-        The chunk size is fixed per device and a short chunk is padded (with copies of its last image), so every image
+        The chunk size is fixed for the method (--chunk, or the device's default) and a short chunk is padded (with copies of its last image), so every image
         is optimised in a batch of the same shape whatever batch it came in. That is what keeps its result its own:
         the networks' kernels sum in an order that depends on the batch size (~1e-6 apart), and a hundred Adam steps
         amplify that to ~1e-2 in the code (measured; see docs/idinvert.md), while in a batch of fixed shape every
@@ -110,17 +110,26 @@ class IDInvert(Method):
                 x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
             with torch.no_grad():
                 w0 = encode(self.E, x)  # also in the chunk: the encoder's sums depend on the batch size too
-            loss_fn = inversion_loss(self.G, self.E, self.losses, x, self.domain_weight, mask)
+            loss_fn = self._with_precision(inversion_loss(self.G, self.E, self.losses, x, self.domain_weight, mask))
             hook = None if self.on_step is None else (
                 lambda step, losses, active: self.on_step(step, self.steps))  # `Method.on_step`
             config = OptimizeConfig(steps=self.steps, lr=self.lr, rampdown=self.lr_rampdown)
-            # bf16: the passes of the loss under autocast (convolutions and matrix products in bfloat16); the codes,
-            # Adam and the returned image stay float32.
-            with torch.enable_grad(), torch.autocast(self.device.type, torch.bfloat16,
-                                                     enabled=self.precision == "bf16"):
+            with torch.enable_grad():
                 result = optimize_codes({"w_plus": w0}, loss_fn, config, on_step=hook)
             codes.append(result.codes["w_plus"][:K - pad])
         return torch.cat(codes)
+
+    def _with_precision(self, loss_fn: Callable[[dict], torch.Tensor]) -> Callable[[dict], torch.Tensor]:
+        """`loss_fn` as --precision asks: bf16 runs each call's passes under autocast (convolutions and matrix
+        products in bfloat16; their backward follows), the codes, Adam and the returned image stay float32."""
+        if self.precision == "fp32":
+            return loss_fn
+
+        def autocast_loss(codes: dict) -> torch.Tensor:
+            with torch.autocast(self.device.type, torch.bfloat16):
+                return loss_fn(codes)
+
+        return autocast_loss
 
     def invert(self, images: torch.Tensor) -> Inversion:
         """images [N, 3, R, R] in [-1, 1] at the generator's resolution, on any device; results on the same one."""

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...core.ops import upfirdn2d
-from . import MISSED_THRESHOLD
+from . import MISSED_CLEANUP, MISSED_THRESHOLD
 
 
 def fuse(previous: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
@@ -226,7 +226,7 @@ def sharpen_mask(mask: torch.Tensor, x: torch.Tensor, reference: torch.Tensor,
        16 px mask leaves below the gate, is inside it);
     2. missed: `missed_pixels` of the input x against `reference`, the generator's aligned output of the unedited
        inversion (on an edited pass too: what the generator cannot make of the input does not change with an edit,
-       and the face an edit changes must not be masked), cleaned by a closing and opening of R/32 + 1 pixels;
+       and the face an edit changes must not be masked), cleaned as the training target is (MISSED_CLEANUP);
     3. their product. The blocks say where the input leaves the domain (they leave out e4e's own small misses, a
        mouth drawn a little wide); the pixels say exactly which of it: an occluder comes back whole, to its outline.
     Measured on 100 `ood` faces (docs/samm.md): PSNR inside the added pixels 21.5 -> 31 dB with the same IoU."""
@@ -235,4 +235,4 @@ def sharpen_mask(mask: torch.Tensor, x: torch.Tensor, reference: torch.Tensor,
     size = x.shape[-1]
     grow = max(1, round(size / 32))
     region = F.max_pool2d((mask >= SHARP_GATE).to(x.dtype), 2 * grow + 1, 1, grow)
-    return missed_pixels(x, reference, threshold, 2 * max(1, round(size / 64)) + 1) * region
+    return missed_pixels(x, reference, threshold, MISSED_CLEANUP) * region

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ...train.targets import TrainingSpec, setting
 from ..base import MethodSpec, Option
-from . import BASE, MISSED_THRESHOLD, NETWORK
+from . import BASE, MISSED_CLEANUP, MISSED_THRESHOLD, NETWORK
 
 
 @dataclass
@@ -57,7 +57,7 @@ class SAMMTrainingConfig:
                                         "pixels the aligned generator misses (0: the paper's objective alone).",
                                    min=0)
     target_threshold: float = MISSED_THRESHOLD  # squared error in [-1, 1] units, mean over channels, of a missed pixel
-    target_cleanup: int = 3            # k of the morphological closing then opening of the target (1: none)
+    target_cleanup: int = MISSED_CLEANUP  # k of the morphological closing then opening of the target (1: none)
     scale_target: str = setting("area", "What each scale's alpha learns of the target: 'area' (the target's share of "
                                         "each cell) or 'max' (1 where any pixel of the cell is missed: coarse scales "
                                         "cover, finer ones carve the edges, as Algorithm 2's product gathers them).")
@@ -91,7 +91,7 @@ SPEC = MethodSpec(
     makes_masks=True,
     options=(
         Option("mask", str, "sharp", "sharp: the pixels the generator misses inside the region the blocks' mask marks "
-               "(0/1, the input's own outlines); soft: Algorithm 2's mask as it is (16 px soft edges).",
+               "(0/1, the input's own outlines); soft: Algorithm 2's mask as it is (as soft as its coarsest scale).",
                choices=("sharp", "soft")),
     ),
     training=TrainingSpec(
