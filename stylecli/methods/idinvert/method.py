@@ -60,7 +60,7 @@ def inversion_loss(G, E, losses: LossNetworks, target: torch.Tensor, domain_weig
         loss = mse + perceptual_weight * perceptual
         if domain_weight > 0:
             loss = loss + domain_weight * (w - encode(E, y)).square().mean(dim=[1, 2])
-        return loss.float()  # under bf16 autocast too: the loop compares losses in float32
+        return loss
 
     return loss_fn
 
@@ -96,11 +96,12 @@ class IDInvert(Method):
         """The W+ codes [N, num_ws, w_dim] of `images` [N, 3, R, R]: E(x), then optimised (see `inversion_loss`),
         `chunk` images at a time.
 
-        The chunk size is fixed for the method (--chunk, or the device's default) and a short chunk is padded (with copies of its last image), so every image
-        is optimised in a batch of the same shape whatever batch it came in. That is what keeps its result its own:
-        the networks' kernels sum in an order that depends on the batch size (~1e-6 apart), and a hundred Adam steps
-        amplify that to ~1e-2 in the code (measured; see docs/idinvert.md), while in a batch of fixed shape every
-        row is computed alike wherever it sits and whatever sits beside it."""
+        The chunk size is fixed for the method (--chunk, or the device's default) and a short chunk is padded (with
+        copies of its last image), so every image is optimised in a batch of the same shape whatever batch it came
+        in. That is what keeps its result its own: the networks' kernels sum in an order that depends on the batch
+        size (~1e-6 apart), and a hundred Adam steps amplify that to ~1e-2 in the code (measured; see
+        docs/idinvert.md), while in a batch of fixed shape every row is computed alike wherever it sits and whatever
+        sits beside it."""
         K = self.chunk
         codes = []
         for i in range(0, len(images), K):
@@ -127,7 +128,7 @@ class IDInvert(Method):
 
         def autocast_loss(codes: dict) -> torch.Tensor:
             with torch.autocast(self.device.type, torch.bfloat16):
-                return loss_fn(codes)
+                return loss_fn(codes).float()  # the loop compares and keeps losses in float32
 
         return autocast_loss
 

@@ -76,7 +76,8 @@ class SAMMMethod(Method):
     def load(cls, pack: Pack, device: str | torch.device = "cpu", **options) -> "SAMMMethod":
         return cls(pack, device, **options)
 
-    def _blend(self, result: Pass, x: torch.Tensor, reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _blend(self, result: Pass, x: torch.Tensor, reference: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         """(output image, mask) of a pass: Algorithm 2's blend, or with --mask sharp the sharp mask's
         (`sharpen_mask`, against `reference`, G's output of the unedited inversion)."""
         if not self.sharp:
@@ -94,13 +95,15 @@ class SAMMMethod(Method):
         x = images.to(self.device, torch.float32)
         codes, features = encode(self.E, x, with_features=True)
         result = samm_pass(self.G, self.net, x, codes, scale_features(self.net, features))
-        reference = to_source(result.generated)  # 8-bit, as an edit reads it: an edit at strength 0 is the inversion
-        image, mask = self._blend(result, x, from_source(reference, self.resolution))
         back = lambda t: t.to(images.device)
-        extras = {"mask": back(mask), "source": back(to_source(x))}
-        if self.sharp:
-            extras["reference"] = back(reference)
-        return Inversion(latents={"w_plus": back(codes)}, image=back(image), extras=extras)
+        extras = {"source": back(to_source(x))}
+        reference = None
+        if self.sharp:  # 8-bit, as an edit reads it: an edit at strength 0 is the inversion
+            extras["reference"] = to_source(result.generated)
+            reference = from_source(extras["reference"], self.resolution)
+        image, extras["mask"] = self._blend(result, x, reference)
+        return Inversion(latents={"w_plus": back(codes)}, image=back(image),
+                         extras={k: back(v) for k, v in extras.items()})
 
     @torch.no_grad()
     def edit_inversion(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> Inversion:
@@ -111,24 +114,24 @@ class SAMMMethod(Method):
         x = from_source(inversion.extras.get("source"), self.resolution).to(self.device)
         taps = scale_features(self.net, encode(self.E, x, with_features=True)[1])
         w = codes.to(self.device)
-        reference = self._reference(inversion, x, w, taps) if self.sharp else None
-        edited = w + edit_step(w, direction, strength)  # a W+ direction or a learned edit
-        image, mask = self._blend(samm_pass(self.G, self.net, x, edited, taps), x, reference)
         back = lambda t: t.to(codes.device)
         kept = {k: inversion.extras[k] for k in ("source", "reference") if k in inversion.extras}
-        if self.sharp and "reference" not in kept:
-            kept["reference"] = back(to_source(reference))
+        reference = None
+        if self.sharp:
+            kept["reference"] = back(self._reference(inversion, x, w, taps))
+            reference = from_source(kept["reference"].to(self.device), self.resolution)
+        edited = w + edit_step(w, direction, strength)  # a W+ direction or a learned edit
+        image, mask = self._blend(samm_pass(self.G, self.net, x, edited, taps), x, reference)
         return Inversion(latents={"w_plus": back(edited)}, image=back(image), extras={"mask": back(mask), **kept})
 
     def _reference(self, inversion: Inversion, x: torch.Tensor, w: torch.Tensor, taps: list[torch.Tensor]
                    ) -> torch.Tensor:
-        """G's aligned output of the unedited inversion: the one it holds (extras "reference", 8-bit), or
-        synthesised again (a latent file written with --mask soft or by an older stylecli), 8-bit as well so that
-        both give the same mask."""
+        """G's aligned output of the unedited inversion, 8-bit: the one it holds (extras "reference"), or
+        synthesised again (a latent file written with --mask soft or by an older stylecli)."""
         kept = inversion.extras.get("reference")
         if kept is None or kept.dtype != torch.uint8 or tuple(kept.shape) != tuple(x.shape):
             kept = to_source(samm_pass(self.G, self.net, x, w, taps).generated)
-        return from_source(kept.to(self.device), self.resolution)
+        return kept
 
     def edit(self, inversion: Inversion, direction: torch.Tensor, strength: float) -> torch.Tensor:
         return self.edit_inversion(inversion, direction, strength).image
